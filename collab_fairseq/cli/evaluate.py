@@ -1,0 +1,120 @@
+"""Translate a binarized test set with fairseq-generate and score it with sacreBLEU; write one JSON per run.
+
+    python -m collab_fairseq.cli.evaluate --data BIN --checkpoint ckpt.pt --reference raw/test.de \
+        --out run/bleu.json [--beam 5 --lenpen 1.0 --subset test --spm] [--tokenized-bleu]
+
+Hypotheses are detokenized (sentencepiece pieces joined) and put back in corpus order, then scored
+against the raw reference with sacreBLEU (its signature goes into the JSON). ``--tokenized-bleu`` adds
+the number WMT14 En-De papers report: BLEU on Moses-tokenized text with compound splitting
+("Vorlage-@##@-Modell"), computed by sacreBLEU with tokenize=none on pre-tokenized text.
+"""
+
+import argparse
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import sacrebleu
+
+logger = logging.getLogger(__name__)
+
+
+def run_generate(data, checkpoint, subset, beam, lenpen, batch_size, user_dir, extra=()):
+    """fairseq-generate -> hypotheses (detokenized by sentencepiece), in corpus order."""
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.generate", data, "--user-dir", user_dir, "--path", checkpoint,
+        "--gen-subset", subset, "--beam", str(beam), "--lenpen", str(lenpen), "--batch-size", str(batch_size),
+        "--remove-bpe", "sentencepiece", *extra,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fairseq-generate failed:\n{proc.stderr[-3000:]}")
+    hyps = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>
+            idx, _, text = line.split("\t", 2)
+            hyps[int(idx[2:])] = text
+    return [hyps[i] for i in sorted(hyps)], proc.stderr
+
+
+def compound_split_tokenize(lines, lang):
+    """Moses tokenization (sacremoses if present, else sacreBLEU's 13a) + compound splitting, as fairseq's script."""
+    try:
+        from sacremoses import MosesTokenizer
+
+        tok = MosesTokenizer(lang=lang)
+        toks = [tok.tokenize(line, return_str=True, escape=False) for line in lines]
+    except ImportError:
+        from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+        tok = Tokenizer13a()
+        toks = [tok(line) for line in lines]
+    return [re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", t) for t in toks]
+
+
+def score(hyps, refs, target_lang="de", tokenized=False):
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references: is --reference the raw test target?")
+    bleu = sacrebleu.metrics.BLEU()
+    result = bleu.corpus_score(hyps, [refs])
+    out = {"sacrebleu": round(result.score, 2), "signature": str(bleu.get_signature()), "sentences": len(hyps)}
+    if tokenized:
+        tok_bleu = sacrebleu.metrics.BLEU(tokenize="none")
+        out["tokenized_bleu_compound_split"] = round(
+            tok_bleu.corpus_score(
+                compound_split_tokenize(hyps, target_lang), [compound_split_tokenize(refs, target_lang)]
+            ).score,
+            2,
+        )
+    return out
+
+
+def write_atomic(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, encoding="utf-8") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="fairseq binarized data directory")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--reference", required=True, help="raw (detokenized) reference file, one line per sentence")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--subset", default="test")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--lenpen", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--target-lang", default="de")
+    parser.add_argument("--tokenized-bleu", action="store_true", help="also report tokenized, compound-split BLEU")
+    parser.add_argument("--hypotheses", help="also write the detokenized hypotheses here")
+    parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. '--max-len-b 50'")
+    parser.add_argument("--meta", default="{}", help="JSON object merged into the output (run name, D_k, seed...)")
+    args = parser.parse_args(argv)
+    for path, what in [(args.checkpoint, "checkpoint"), (args.reference, "reference"), (args.data, "data")]:
+        if not os.path.exists(path):
+            parser.error(f"{what} {path} does not exist")
+    user_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(args.reference, encoding="utf-8") as f:
+        refs = [line.rstrip("\n") for line in f]
+    hyps, _ = run_generate(
+        args.data, args.checkpoint, args.subset, args.beam, args.lenpen, args.batch_size, user_dir,
+        shlex.split(args.generate_args),
+    )  # fmt: skip
+    result = {**json.loads(args.meta), "checkpoint": args.checkpoint, "subset": args.subset, "beam": args.beam,
+              "lenpen": args.lenpen, **score(hyps, refs, args.target_lang, args.tokenized_bleu)}  # fmt: skip
+    if args.hypotheses:
+        write_atomic(args.hypotheses, "".join(h + "\n" for h in hyps))
+    write_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Collect the runs of a sweep into a markdown table (and a BLEU vs D_k plot).
+
+    python -m collab_fairseq.cli.make_table RUNS_DIR --out results/multi30k_en_de.md --plot results/multi30k_en_de.png
+
+Each run directory holds ``bleu.json`` (collab_fairseq.cli.evaluate) and ``train.log`` (fairseq-train).
+Runs are grouped by (heads, D_k, tag); seeds are summarised as mean (min-max).
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import tempfile
+from collections import defaultdict
+
+PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
+TRAIN_END = re.compile(r"\| train \| epoch \d+ \|.*?\| wps ([\d.]+) .*?\| num_updates (\d+)")
+VALID = re.compile(r"valid on 'valid' subset \| loss ([\d.]+)")
+
+
+def read_train_log(path):
+    """-> dict(params, wps (mean over epochs), updates, best_valid_loss) from a fairseq-train log."""
+    info = {"params": None, "wps": None, "updates": None, "best_valid_loss": None}
+    if not os.path.exists(path):
+        return info
+    text = open(path, encoding="utf-8", errors="replace").read()
+    if m := PARAMS.findall(text):
+        info["params"] = int(m[-1].replace(",", ""))
+    epochs = TRAIN_END.findall(text)
+    if epochs:
+        info["wps"] = statistics.mean(float(w) for w, _ in epochs)
+        info["updates"] = int(epochs[-1][1])
+    if m := VALID.findall(text):
+        info["best_valid_loss"] = min(float(v) for v in m)
+    return info
+
+
+def attention_params(checkpoint):
+    """Parameters of all attention layers (self and cross) in a checkpoint."""
+    import torch
+
+    import collab_fairseq  # noqa: F401  (safe-loading allowlist)
+
+    model = torch.load(checkpoint, map_location="cpu")["model"]
+    return sum(v.numel() for k, v in model.items() if "_attn." in k and "layer_norm" not in k)
+
+
+def collect(runs_dir):
+    rows = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "bleu.json"))):
+        run_dir = os.path.dirname(path)
+        result = json.load(open(path))
+        result.update(read_train_log(os.path.join(run_dir, "train.log")))
+        ckpt = result.get("checkpoint")
+        result["attention_params"] = attention_params(ckpt) if ckpt and os.path.exists(ckpt) else None
+        rows.append(result)
+    return rows
+
+
+def _fmt(values, digits=1):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def _int(value):
+    return f"{value:,}" if value is not None else "-"
+
+
+def table(rows):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r.get("heads", "?"), r.get("key_dim", 0), r.get("tag", ""))].append(r)
+    order = {"transformer": 0, "concat": 1, "collab": 2}
+    lines = [
+        "| heads | D_k | tag | seeds | test BLEU mean (range) | best valid loss | attention params | total params "
+        "| train words/s | updates |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (heads, key_dim, tag), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2])):
+        first = rs[0]
+        cells = [
+            heads, key_dim, tag or "-", len(rs), _fmt([r["sacrebleu"] for r in rs], 2),
+            _fmt([r["best_valid_loss"] for r in rs], 3), _int(first["attention_params"]), _int(first["params"]),
+            _fmt([r["wps"] for r in rs], 0), first["updates"] or "-",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for heads, marker in [("collab", "o"), ("concat", "s")]:
+        by_dk = defaultdict(list)
+        for r in rows:
+            if r.get("heads") == heads and not r.get("tag"):
+                by_dk[r["key_dim"]].append(r["sacrebleu"])
+        if by_dk:
+            dks = sorted(by_dk)
+            ax.errorbar(dks, [statistics.mean(by_dk[d]) for d in dks],
+                        yerr=[[statistics.mean(by_dk[d]) - min(by_dk[d]) for d in dks],
+                              [max(by_dk[d]) - statistics.mean(by_dk[d]) for d in dks]],
+                        marker=marker, label=heads, capsize=3)  # fmt: skip
+    base = [r["sacrebleu"] for r in rows if r.get("heads") == "transformer"]
+    if base:
+        ax.axhline(statistics.mean(base), color="gray", linestyle="--", label="transformer")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("key/query dimension D_k")
+    ax.set_ylabel("test BLEU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir")
+    parser.add_argument("--out", help="write the markdown table here (atomic)")
+    parser.add_argument("--plot", help="write a BLEU vs D_k plot here (needs matplotlib)")
+    args = parser.parse_args(argv)
+    rows = collect(args.runs_dir)
+    if not rows:
+        parser.error(f"no */bleu.json under {args.runs_dir}: run the sweep first")
+    text = table(rows)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.out)), delete=False) as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, args.out)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.plot:
+        try:
+            plot(rows, args.plot)
+        except ImportError:
+            print("matplotlib not installed: no plot")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Train a joint sentencepiece model and encode text with it (used by data-prep/*.sh).
+
+    python -m collab_fairseq.cli.sentencepiece_tool train --input a.en b.de --model-prefix spm --vocab-size 8000
+    python -m collab_fairseq.cli.sentencepiece_tool encode --model spm.model < raw > pieces
+
+Outputs are written to a temporary file and renamed, so an interrupted step leaves nothing a rerun would trust.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+import sentencepiece as spm
+
+logger = logging.getLogger(__name__)
+
+
+def train(inputs, model_prefix, vocab_size, model_type="unigram", sample_size=2_000_000, seed=1):
+    """Train on ``inputs`` (sampling ``sample_size`` sentences); writes model_prefix.model/.vocab atomically."""
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"sentencepiece training input {path} does not exist")
+    out_dir = os.path.dirname(os.path.abspath(model_prefix))
+    spm.set_random_generator_seed(seed)  # the sentence sample is drawn with it
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_prefix = os.path.join(tmp, "spm")
+        spm.SentencePieceTrainer.train(
+            input=",".join(inputs),
+            model_prefix=tmp_prefix,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            input_sentence_size=sample_size,
+            shuffle_input_sentence=True,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        for ext in (".vocab", ".model"):  # .model last: its presence marks the step done
+            os.replace(tmp_prefix + ext, model_prefix + ext)
+
+
+def encode(model, src, dst):
+    """Encode lines of ``src`` into space-separated pieces in ``dst`` (atomic)."""
+    sp = spm.SentencePieceProcessor(model_file=model)
+    tmp = dst + ".tmp"
+    with open(src, encoding="utf-8") as fin, open(tmp, "w", encoding="utf-8") as fout:
+        for line in fin:
+            fout.write(" ".join(sp.encode(line.strip(), out_type=str)) + "\n")
+    os.replace(tmp, dst)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--input", nargs="+", required=True)
+    t.add_argument("--model-prefix", required=True)
+    t.add_argument("--vocab-size", type=int, default=8000)
+    t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    t.add_argument("--sample-size", type=int, default=2_000_000)
+    e = sub.add_parser("encode")
+    e.add_argument("--model", required=True)
+    e.add_argument("--input", required=True)
+    e.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
+    if args.cmd == "train":
+        train(args.input, args.model_prefix, args.vocab_size, args.model_type, args.sample_size)
+    else:
+        encode(args.model, args.input, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+from .transformer_collab import TransformerCollabModel  # noqa: F401

@@ -1,0 +1,80 @@
+"""Options of the collaborative-attention transformer, declared once.
+
+The transformer's own options stay fairseq's (``TransformerConfig``); these are
+added next to them, on the command line (``--collab-key-dim`` ...) and in
+``fairseq-hydra-train`` model configs (``collab_key_dim: 128`` ...).
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES, check_key_dim
+
+ATTENTIONS = ("encoder_self", "decoder_self", "encoder_decoder")
+
+
+@dataclass
+class CollabAttentionConfig(FairseqDataclass):
+    collab_key_dim: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "D_k, the width of the key/query space shared by all heads of a layer "
+            "(default: the embedding dim, i.e. H * d_k of the standard layer)"
+        },
+    )
+    collab_mode: ChoiceEnum(MODES) = field(
+        default="collaborative",
+        metadata={
+            "help": "collaborative: shared key/query projections + per-head mixing; concatenate: "
+            "ordinary concatenated heads with per-head d_k = D_k / H (the paper's reduced-D_k baseline)"
+        },
+    )
+    collab_attentions: str = field(
+        default=",".join(ATTENTIONS),
+        metadata={"help": f"comma-separated attentions that use --collab-mode, from {', '.join(ATTENTIONS)}; "
+                  "the others stay fairseq's MultiheadAttention"},
+    )
+    collab_mixing_init: ChoiceEnum(MIXING_INITS) = field(
+        default="concatenate",
+        metadata={
+            "help": "initial mixing matrix: concatenate (head h starts on its own block of D_k/H dims), "
+            "normal (N(0, 1/H)), xavier (xavier_uniform, as the authors' fairseq code)"
+        },
+    )
+
+
+def set_collab_defaults(args) -> None:
+    """Fill the collab options missing from ``args`` with the dataclass defaults."""
+    for f in fields(CollabAttentionConfig):
+        if getattr(args, f.name, None) is None:
+            setattr(args, f.name, f.default)
+
+
+def parse_attentions(spec: str) -> List[str]:
+    """'encoder_self,decoder_self' -> ['encoder_self', 'decoder_self']; ValueError on unknown names."""
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    unknown = [n for n in names if n not in ATTENTIONS]
+    if unknown:
+        raise ValueError(
+            f"--collab-attentions: unknown attention(s) {', '.join(unknown)}; choose from {', '.join(ATTENTIONS)}"
+        )
+    return names
+
+
+def validate_collab_args(args) -> None:
+    """Check every collaborative layer the model would build; raise ValueError naming the fix."""
+    attentions = parse_attentions(args.collab_attentions)
+    heads = {
+        "encoder_self": (args.encoder_attention_heads, args.encoder_embed_dim),
+        "decoder_self": (args.decoder_attention_heads, args.decoder_embed_dim),
+        "encoder_decoder": (args.decoder_attention_heads, args.decoder_embed_dim),
+    }
+    for name in attentions:
+        num_heads, embed_dim = heads[name]
+        key_dim = args.collab_key_dim if args.collab_key_dim is not None else embed_dim
+        try:
+            check_key_dim(key_dim, num_heads, str(args.collab_mode), str(args.collab_mixing_init))
+        except ValueError as err:
+            raise ValueError(f"{name} attention: {err}") from None

@@ -1,0 +1,384 @@
+"""Collaborative multi-head attention: heads share one key/query space.
+
+Reference: J.-B. Cordonnier, A. Loukas, M. Jaggi. "Multi-Head Attention:
+Collaborate Instead of Concatenate", 2020 (arXiv:2006.16362).
+
+For a query token x and a key token y (both of width D_in), head h scores
+
+    score_h(x, y) = s * (q(x) * m_h) . k(y) + c_h(y),        s = (D_k / H) ** -0.5
+
+with one shared query projection q(x) = x W_Q and one shared key projection
+k(y) = y W_K (D_in -> D_k), a mixing matrix M (H x D_k) whose row m_h re-weights
+the shared dimensions for head h, and a content bias c(y) = y W_C (D_in -> H).
+
+Why these biases and no others: a key-projection bias adds (q(x) * m_h) . b_K to
+every key of one query, a constant the softmax removes. A query bias b_Q adds
+(b_Q * m_h) . k(y), which depends on the key only; that is exactly c_h(y), so the
+per-head query biases of a trained standard layer become W_C (W_C[:, h] =
+s * W_K^h b_Q^h), which re-parametrization needs. With the ``concatenate``
+mixing (row h is one on its own block of D_k / H columns) and D_k = H * d_k the
+layer is standard multi-head attention exactly.
+
+Values and the output projection stay per head, as in standard attention.
+
+``mode="concatenate"`` is the paper's other baseline: ordinary concatenated
+heads with a reduced key dimension, per-head d_k = D_k / H (query and key
+projections with biases, no mixing, no content bias).
+
+Shapes: inputs are T x B x C (time first), as in
+:class:`fairseq.modules.MultiheadAttention`, whose forward contract this keeps.
+The incremental cache holds the shared keys once (B x S x D_k), the content
+bias (B x H x S), the values (B x H x S x d_v) and the key padding mask (B x S).
+"""
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.incremental_decoding_utils import with_incremental_state
+from fairseq.modules import MultiheadAttention
+from fairseq.modules.fairseq_dropout import FairseqDropout
+from fairseq.modules.quant_noise import quant_noise
+from torch import Tensor, nn
+
+MODES = ("collaborative", "concatenate")
+MIXING_INITS = ("concatenate", "normal", "xavier")
+
+
+def check_key_dim(key_dim: int, num_heads: int, mode: str, mixing_init: str) -> None:
+    """Raise ValueError (naming the fix) if this layer cannot be built."""
+    if mode not in MODES:
+        raise ValueError(f"unknown collaborative attention mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mixing_init not in MIXING_INITS:
+        raise ValueError(f"unknown mixing init {mixing_init!r}; choose one of {', '.join(MIXING_INITS)}")
+    if not isinstance(key_dim, int) or key_dim <= 0:
+        raise ValueError(f"key dimension D_k must be a positive integer, got {key_dim!r} (e.g. --collab-key-dim 128)")
+    needs_split = mode == "concatenate" or mixing_init == "concatenate"
+    if needs_split and key_dim % num_heads != 0:
+        what = "concatenated heads" if mode == "concatenate" else "the 'concatenate' mixing init"
+        raise ValueError(
+            f"D_k={key_dim} cannot be split into {num_heads} heads for {what}: use a multiple of {num_heads}"
+            + ("" if mode == "concatenate" else ", or --collab-mixing-init normal/xavier")
+        )
+
+
+def init_mixing_(mixing: Tensor, how: str) -> Tensor:
+    """Fill the H x D_k mixing matrix in place.
+
+    concatenate: head h gets ones on columns [h * D_k/H, (h+1) * D_k/H).
+    normal: N(0, 1/H), which gives the scores the same expected variance as
+        ``concatenate`` (D_k/H ones per row); the authors' HF code uses a normal init.
+    xavier: xavier_uniform, as in the authors' fairseq code.
+    """
+    num_heads, key_dim = mixing.shape
+    with torch.no_grad():
+        if how == "concatenate":
+            mixing.zero_()
+            block = key_dim // num_heads
+            for h in range(num_heads):
+                mixing[h, h * block : (h + 1) * block] = 1.0
+        elif how == "normal":
+            mixing.normal_(0.0, num_heads**-0.5)
+        elif how == "xavier":
+            nn.init.xavier_uniform_(mixing)
+        else:
+            raise ValueError(f"unknown mixing init {how!r}; choose one of {', '.join(MIXING_INITS)}")
+    return mixing
+
+
+@with_incremental_state
+class CollaborativeMultiheadAttention(nn.Module):
+    """Drop-in for :class:`fairseq.modules.MultiheadAttention` with shared key/query projections.
+
+    Positional arguments are fairseq's; the new ones are keyword-only:
+        key_dim: D_k, width of the shared key/query space (all heads together).
+        mode: "collaborative" (shared projections + mixing) or "concatenate"
+            (standard heads with per-head d_k = D_k / H).
+        mixing_init: "concatenate" | "normal" | "xavier" (collaborative mode only).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        self_attention: bool = False,
+        encoder_decoder_attention: bool = False,
+        q_noise: float = 0.0,
+        qn_block_size: int = 8,
+        *,
+        key_dim: int,
+        mode: str = "collaborative",
+        mixing_init: str = "concatenate",
+    ):
+        super().__init__()
+        if add_bias_kv or add_zero_attn:
+            raise ValueError("CollaborativeMultiheadAttention does not support add_bias_kv / add_zero_attn")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        check_key_dim(key_dim, num_heads, mode, mixing_init)
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.head_dim = embed_dim // num_heads  # per-head value width d_v
+        self.mode = mode
+        self.collaborative = mode == "collaborative"
+        self.scaling = (key_dim / num_heads) ** -0.5
+        self.self_attention = self_attention
+        self.encoder_decoder_attention = encoder_decoder_attention
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.onnx_trace = False
+
+        qk_bias = bias and not self.collaborative
+        self.q_proj = quant_noise(nn.Linear(embed_dim, key_dim, bias=qk_bias), q_noise, qn_block_size)
+        self.k_proj = quant_noise(nn.Linear(self.kdim, key_dim, bias=qk_bias), q_noise, qn_block_size)
+        self.v_proj = quant_noise(nn.Linear(self.vdim, embed_dim, bias=bias), q_noise, qn_block_size)
+        self.out_proj = quant_noise(nn.Linear(embed_dim, embed_dim, bias=bias), q_noise, qn_block_size)
+        if self.collaborative:
+            self.mixing = nn.Parameter(torch.empty(num_heads, key_dim))
+            self.content_bias = nn.Linear(self.kdim, num_heads, bias=False)
+        else:
+            self.register_parameter("mixing", None)
+            self.content_bias = None
+        self.mixing_init = mixing_init
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Same scheme as fairseq's MultiheadAttention (scaled xavier for the input projections).
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=1 / math.sqrt(2))
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            if proj.bias is not None:
+                nn.init.constant_(proj.bias, 0.0)
+        if self.collaborative:
+            init_mixing_(self.mixing, self.mixing_init)
+            nn.init.zeros_(self.content_bias.weight)
+
+    def prepare_for_onnx_export_(self):
+        self.onnx_trace = True
+
+    # ------------------------------------------------------------------ projections
+    def _keys(self, key: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """S x B x C -> shared keys B x S x D_k and content bias B x H x S (None in concatenate mode)."""
+        k = self.k_proj(key).transpose(0, 1)
+        bias = self.content_bias(key).permute(1, 2, 0) if self.collaborative else None
+        return k, bias
+
+    def _values(self, value: Tensor) -> Tensor:
+        """S x B x C -> B x H x S x d_v."""
+        src_len, bsz, _ = value.shape
+        return self.v_proj(value).view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def _head_queries(self, query: Tensor) -> Tensor:
+        """T x B x C -> per-head queries B x H x T x d (d = D_k collaborative, D_k/H concatenate)."""
+        tgt_len, bsz, _ = query.shape
+        q = self.q_proj(query)
+        if self.collaborative:
+            # (T, B, 1, D_k) * (H, D_k) -> T x B x H x D_k: head h's re-weighting of the shared query.
+            return (q.unsqueeze(2) * self.mixing.to(q.dtype)).permute(1, 2, 0, 3)
+        return q.view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
+
+    def _head_keys(self, k: Tensor) -> Tensor:
+        """Shared keys B x S x D_k -> B x H' x S x d (H' = 1, a broadcast view, when collaborative)."""
+        if self.collaborative:
+            return k.unsqueeze(1)
+        bsz, src_len, _ = k.shape
+        return k.view(bsz, src_len, self.num_heads, -1).transpose(1, 2)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """
+        Args:
+            query: T x B x C; key, value: S x B x C (ignored for self-attention).
+            key_padding_mask: B x S, True (or 1) at padding.
+            attn_mask: T x S additive float mask (e.g. -inf above the diagonal), or bool (True = masked).
+            incremental_state: fairseq's decoding cache; static_kv: keys are the encoder's (computed once).
+        Returns:
+            attn: T x B x C; weights: B x T x S averaged over heads, H x B x T x S with
+            need_head_weights, or None. With before_softmax: (scores (B*H) x T x S, values (B*H) x S x d_v).
+        """
+        if need_head_weights:
+            need_weights = True
+        tgt_len, bsz, embed_dim = query.size()
+        assert embed_dim == self.embed_dim, f"query dim {embed_dim} != {self.embed_dim}"
+
+        saved_state = None
+        if incremental_state is not None:
+            saved_state = self._get_input_buffer(incremental_state)
+            if saved_state is not None and "prev_key" in saved_state and static_kv:
+                # encoder keys/values were cached at the first step; do not recompute them
+                assert self.encoder_decoder_attention and not self.self_attention
+                key = value = None
+
+        if self.self_attention:
+            key = value = query
+        k = key_bias = v = None
+        if key is not None:
+            k, key_bias = self._keys(key)
+            v = self._values(value)
+
+        if saved_state is not None:
+            k, key_bias, v, key_padding_mask = self._update_cache(
+                incremental_state, saved_state, k, key_bias, v, key_padding_mask, bsz, static_kv
+            )
+        assert k is not None and v is not None
+        src_len = k.size(1)
+        if key_padding_mask is not None and key_padding_mask.dim() == 0:
+            key_padding_mask = None
+
+        q = self._head_queries(query)  # B x H x T x d
+        bias = self._score_bias(key_bias, key_padding_mask, attn_mask, q.dtype)  # broadcastable to B x H x T x S
+
+        if not need_weights and not before_softmax:
+            attn = F.scaled_dot_product_attention(
+                q,
+                self._head_keys(k).expand(bsz, self.num_heads, src_len, -1),
+                v,
+                attn_mask=bias,
+                dropout_p=self.dropout_module.p if self.training else 0.0,
+                scale=self.scaling,
+            )
+            return self._output(attn, tgt_len, bsz), None
+
+        scores = self._scores(q, k) * self.scaling  # B x H x T x S
+        if bias is not None:
+            scores = scores + bias
+        if before_softmax:
+            return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
+
+        weights_float = utils.softmax(scores, dim=-1, onnx_trace=self.onnx_trace)
+        probs = self.dropout_module(weights_float.type_as(scores))
+        attn = self._output(torch.matmul(probs, v), tgt_len, bsz)
+
+        weights = weights_float.type_as(scores).transpose(0, 1)  # H x B x T x S
+        if not need_head_weights:
+            weights = weights.mean(dim=0)
+        return attn, weights
+
+    def _scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """Unscaled q.k for every head: B x H x T x S.
+
+        Collaborative heads share one key matrix, so all heads' mixed queries go
+        through one batched GEMM against it ((B, H*T, D_k) @ (B, D_k, S)); the
+        keys are never copied per head.
+        """
+        bsz, heads, tgt_len, _ = q.shape
+        if self.collaborative:
+            flat = torch.bmm(q.reshape(bsz, heads * tgt_len, -1), k.transpose(1, 2))
+            return flat.view(bsz, heads, tgt_len, -1)
+        return torch.matmul(q, self._head_keys(k).transpose(-1, -2))
+
+    def _score_bias(
+        self, key_bias: Optional[Tensor], key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype
+    ) -> Optional[Tensor]:
+        """Content bias + padding + attention mask as one additive float tensor (B x H x 1|T x S), or None."""
+        bias = None
+        if key_bias is not None:
+            bias = key_bias.unsqueeze(2).to(dtype)  # B x H x 1 x S
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+            pad = pad.masked_fill(key_padding_mask.to(torch.bool), float("-inf"))[:, None, None, :]
+            bias = pad if bias is None else bias + pad
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
+                    attn_mask, float("-inf")
+                )
+            attn_mask = attn_mask.to(dtype)
+            bias = attn_mask if bias is None else bias + attn_mask
+        if bias is not None and bias.dim() == 2:
+            bias = bias[None, None]
+        return bias
+
+    def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
+        """B x H x T x d_v -> T x B x C through the output projection."""
+        attn = attn.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
+        return self.out_proj(attn)
+
+    # ------------------------------------------------------------------ incremental decoding
+    def _update_cache(self, incremental_state, saved_state, k, key_bias, v, key_padding_mask, bsz, static_kv):
+        """Append this step's keys/values to the cache (or reuse static encoder ones) and store it back."""
+        if "prev_key" in saved_state:
+            prev_k, prev_v = saved_state["prev_key"], saved_state["prev_value"]
+            prev_bias = saved_state.get("prev_key_bias")
+            if static_kv or k is None:
+                k, v, key_bias = prev_k, prev_v, prev_bias
+            else:
+                k = torch.cat([prev_k, k], dim=1)
+                v = torch.cat([prev_v, v], dim=2)
+                if key_bias is not None:
+                    key_bias = torch.cat([prev_bias, key_bias], dim=2)
+        key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
+            key_padding_mask=key_padding_mask,
+            prev_key_padding_mask=saved_state.get("prev_key_padding_mask"),
+            batch_size=bsz,
+            src_len=k.size(1),
+            static_kv=static_kv,
+        )
+        saved_state["prev_key"] = k
+        saved_state["prev_value"] = v
+        if key_bias is not None:
+            saved_state["prev_key_bias"] = key_bias
+        saved_state["prev_key_padding_mask"] = key_padding_mask
+        self._set_input_buffer(incremental_state, saved_state)
+        return k, key_bias, v, key_padding_mask
+
+    @torch.jit.export
+    def reorder_incremental_state(
+        self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor
+    ) -> Dict[str, Dict[str, Optional[Tensor]]]:
+        """Beam search: select the cache rows (batch dim 0 of every entry) of the surviving hypotheses."""
+        input_buffer = self._get_input_buffer(incremental_state)
+        if input_buffer is not None:
+            for name, cached in input_buffer.items():
+                if cached is not None:
+                    input_buffer[name] = cached.index_select(0, new_order)
+            incremental_state = self._set_input_buffer(incremental_state, input_buffer)
+        return incremental_state
+
+    def _get_input_buffer(self, incremental_state) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "attn_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state, buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "attn_state", buffer)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, key_dim={self.key_dim}, heads={self.num_heads}, mixing_init={self.mixing_init}"
+
+
+def attention_parameter_count(
+    embed_dim: int, num_heads: int, key_dim: int, mode: str = "collaborative", kdim: Optional[int] = None
+) -> int:
+    """Closed-form parameter count of one CollaborativeMultiheadAttention (biases included, vdim = kdim).
+
+    collaborative: W_Q (C x D_k) + W_K (C_k x D_k) + W_C (C_k x H) + M (H x D_k) + values + output
+    concatenate:   W_Q, b_Q, W_K, b_K (D_k each)                              + values + output
+    """
+    kdim = embed_dim if kdim is None else kdim
+    values_and_output = (kdim * embed_dim + embed_dim) + (embed_dim * embed_dim + embed_dim)
+    if mode == "collaborative":
+        return embed_dim * key_dim + kdim * key_dim + kdim * num_heads + num_heads * key_dim + values_and_output
+    return embed_dim * key_dim + key_dim + kdim * key_dim + key_dim + values_and_output

@@ -1,0 +1,53 @@
+# Shared helpers of the data-prep scripts (sourced). Every output is produced under a temporary
+# name and renamed when complete, so an interrupted step is redone, never trusted.
+
+step() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+die() { echo "error: $*" >&2; exit 1; }
+
+require_python_modules() {
+  for m in "$@"; do
+    python3 -c "import $m" 2>/dev/null || die "python module '$m' not found: install this project first (pip install -e .)"
+  done
+}
+
+# atomic OUT CMD...: run CMD with stdout to OUT.tmp, then rename to OUT.
+atomic() {
+  local out="$1"; shift
+  "$@" >"$out.tmp" || { rm -f "$out.tmp"; die "failed: $* (for $out)"; }
+  mv -f "$out.tmp" "$out"
+}
+
+sha256_ok() { [[ -z "$2" ]] || [[ "$(sha256sum "$1" | cut -d' ' -f1)" == "$2" ]]; }
+
+# fetch_local SRC DST SHA256: copy a pre-downloaded file (offline clusters), verified.
+fetch_local() {
+  local src="$1" dst="$2" sum="$3"
+  [[ -s "$dst" ]] && sha256_ok "$dst" "$sum" && return 0
+  [[ -f "$src" ]] || die "missing raw file $src (expected in --raw-dir $(dirname "$src"))"
+  sha256_ok "$src" "$sum" || die "checksum mismatch for $src: expected sha256 $sum; re-download it"
+  cp "$src" "$dst.tmp" && mv -f "$dst.tmp" "$dst"
+}
+
+# fetch_url URL DST SHA256: download, verified.
+fetch_url() {
+  local url="$1" dst="$2" sum="$3"
+  [[ -s "$dst" ]] && sha256_ok "$dst" "$sum" && return 0
+  command -v curl >/dev/null || die "curl not found: install it, or download the files and pass --raw-dir"
+  step "download $url"
+  curl -fsSL --retry 3 -o "$dst.tmp" "$url" || { rm -f "$dst.tmp"; die "download failed: $url (offline? use --raw-dir)"; }
+  sha256_ok "$dst.tmp" "$sum" || { rm -f "$dst.tmp"; die "checksum mismatch for $url"; }
+  mv -f "$dst.tmp" "$dst"
+}
+
+# binarize TEXT_DIR BIN_DIR SRC TGT TRAIN VALID TEST WORKERS: fairseq-preprocess into BIN_DIR (atomic: BIN_DIR.tmp).
+binarize() {
+  local text="$1" bin="$2" src="$3" tgt="$4" train="$5" valid="$6" test="$7" workers="$8"
+  [[ -f "$bin/.done" ]] && return 0
+  rm -rf "$bin.tmp"
+  python3 -m fairseq_cli.preprocess --source-lang "$src" --target-lang "$tgt" \
+    --trainpref "$text/$train" --validpref "$text/$valid" --testpref "$text/$test" \
+    --destdir "$bin.tmp" --joined-dictionary --workers "$workers" >&2 || { rm -rf "$bin.tmp"; die "fairseq-preprocess failed"; }
+  touch "$bin.tmp/.done"
+  rm -rf "$bin"; mv "$bin.tmp" "$bin"
+}

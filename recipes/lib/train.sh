@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Generic fairseq-train launcher shared by the corpus recipes (they set the defaults, then exec this).
+# Environment (all optional, corpus recipes set sensible values):
+#   DATA           binarized data dir                      SAVE_DIR   checkpoints + logs (resumes from checkpoint_last.pt)
+#   ARCH_FAMILY    iwslt_de_en | wmt_en_de | ...           HEADS      transformer | collab | concat
+#   KEY_DIM        D_k (collab/concat)                     ATTENTIONS encoder_self,decoder_self,encoder_decoder
+#   MIXING_INIT    concatenate | normal | xavier           SEED       random seed
+#   MAX_UPDATE, LR, WARMUP, DROPOUT, WEIGHT_DECAY, CLIP_NORM
+#   TOKENS_PER_UPDATE  effective batch in tokens, kept whatever the GPU count (tokens x GPUs x update-freq)
+#   MAX_TOKENS     tokens per GPU per step                 FP16       1 (default) | 0
+#   EXTRA          more fairseq-train flags
+# GPUs: every visible GPU (CUDA_VISIBLE_DEVICES) through fairseq's distributed training (NCCL);
+# multi-node via torchrun / SLURM variables, which fairseq reads itself.
+set -euo pipefail
+: "${DATA:?set DATA to the binarized data directory}"
+: "${SAVE_DIR:?set SAVE_DIR}"
+: "${ARCH_FAMILY:?set ARCH_FAMILY (iwslt_de_en, wmt_en_de, ...)}"
+HEADS="${HEADS:-collab}"
+SEED="${SEED:-1}"
+FP16="${FP16:-1}"
+[[ -f "$DATA/dict.en.txt" || -n "$(ls "$DATA"/dict.*.txt 2>/dev/null)" ]] || { echo "error: $DATA has no dict.*.txt: run the data-prep script first" >&2; exit 1; }
+
+case "$HEADS" in
+  transformer) MODEL=(--arch "transformer_${ARCH_FAMILY}") ;;
+  collab|concat)
+    : "${KEY_DIM:?set KEY_DIM (e.g. 128) for HEADS=$HEADS}"
+    MODE=collaborative; [[ "$HEADS" == concat ]] && MODE=concatenate
+    MODEL=(--arch "transformer_collab_${ARCH_FAMILY}" --collab-key-dim "$KEY_DIM" --collab-mode "$MODE"
+           --collab-attentions "${ATTENTIONS:-encoder_self,decoder_self,encoder_decoder}"
+           --collab-mixing-init "${MIXING_INIT:-concatenate}") ;;
+  *) echo "error: HEADS must be transformer, collab or concat (got '$HEADS')" >&2; exit 2 ;;
+esac
+
+NGPU=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+NNODES="${SLURM_NNODES:-${NNODES:-1}}"
+WORLD=$((NGPU * NNODES))
+UPDATE_FREQ=$(( (TOKENS_PER_UPDATE + MAX_TOKENS * WORLD - 1) / (MAX_TOKENS * WORLD) ))
+PREC=(); [[ "$FP16" == 1 ]] && PREC=(--fp16)
+
+mkdir -p "$SAVE_DIR"
+echo "[train] $HEADS D_k=${KEY_DIM:-full} seed=$SEED: $WORLD GPU(s) x $MAX_TOKENS tokens x update-freq $UPDATE_FREQ" \
+     "= $((WORLD * MAX_TOKENS * UPDATE_FREQ)) tokens/update (target $TOKENS_PER_UPDATE) -> $SAVE_DIR" >&2
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC2086
+exec python3 -m fairseq_cli.train "$DATA" --user-dir "$REPO/collab_fairseq" "${MODEL[@]}" \
+  --share-all-embeddings --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm "${CLIP_NORM:-0.0}" \
+  --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07 \
+  --dropout "$DROPOUT" --weight-decay "${WEIGHT_DECAY:-0.0}" \
+  --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
+  --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAX_UPDATE" "${PREC[@]}" \
+  --seed "$SEED" --save-dir "$SAVE_DIR" --no-epoch-checkpoints --keep-last-epochs 0 \
+  --log-format simple --log-interval 100 --no-progress-bar --tensorboard-logdir "$SAVE_DIR/tb" \
+  ${EXTRA:-} 2>&1 | tee -a "$SAVE_DIR/train.log"

@@ -1,0 +1,111 @@
+"""The real fairseq CLIs with --user-dir collab_fairseq: preprocess -> train -> generate/interactive, resume, hydra."""
+
+import torch
+
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, parse_bleu, run_cli
+
+
+def _train(bin_dir, save_dir, *extra, check=True):
+    return run_cli(
+        "train", bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir, *TINY_MODEL, *TRAIN_FLAGS, *extra, check=check
+    )
+
+
+def _generate(bin_dir, checkpoint, *extra, check=True):
+    return run_cli(
+        "generate", bin_dir, "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "4", "--batch-size", "64",
+        *extra, check=check,
+    )  # fmt: skip
+
+
+def test_collab_model_learns_the_task_and_beam_search_translates(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    log = _train(
+        bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "16",
+        "--max-update", "220", "--validate-interval", "1000",
+    ).stdout  # fmt: skip
+    assert "collaborative attention: mode=collaborative D_k=16" in log
+
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")  # safe loading, allowlisted types only
+    weights = state["model"]
+    assert weights["encoder.layers.0.self_attn.q_proj.weight"].shape == (16, 64)
+    assert weights["decoder.layers.1.encoder_attn.mixing"].shape == (4, 16)
+    assert "encoder.layers.0.self_attn.content_bias.weight" in weights
+
+    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt").stdout)
+    assert bleu > 80, f"collab model did not learn the mapped-copy task: BLEU {bleu}"
+
+
+def test_concatenate_baseline_trains_and_generates(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    _train(bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "16", "--collab-mode", "concatenate",
+           "--max-update", "20")  # fmt: skip
+    weights = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert weights["encoder.layers.0.self_attn.k_proj.weight"].shape == (16, 64)
+    assert "encoder.layers.0.self_attn.mixing" not in weights
+    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt").stdout)
+    assert 0.0 <= bleu <= 100.0
+
+
+def test_resume_continues_from_last_checkpoint(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    args = ["--arch", "transformer_collab", "--collab-key-dim", "16", "--collab-attentions", "encoder_self"]
+    _train(bin_dir, tmp_path, *args, "--max-update", "8")
+    log = _train(bin_dir, tmp_path, *args, "--max-update", "16").stdout
+    assert "@ 8 updates" in log and "Loaded checkpoint" in log
+    assert "num_updates 16" in log
+    assert torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["optimizer_history"][-1]["num_updates"] == 16
+    # only the chosen attention is collaborative
+    weights = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert "encoder.layers.0.self_attn.mixing" in weights
+    assert weights["decoder.layers.0.self_attn.q_proj.weight"].shape == (64, 64)
+
+    restored = tmp_path / "restored"
+    log = _train(bin_dir, restored, *args, "--max-update", "20", "--restore-file", tmp_path / "checkpoint_last.pt").stdout
+    assert "@ 16 updates" in log and "num_updates 20" in log
+
+
+def test_interactive_translates_stdin(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    _train(bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "8", "--max-update", "5")
+    out = run_cli(
+        "interactive", bin_dir, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
+        "--source-lang", "src", "--target-lang", "tgt", "--beam", "4", stdin="w1 w2 w3\nw4 w5\n",
+    ).stdout  # fmt: skip
+    hypotheses = [line for line in out.splitlines() if line.startswith("H-")]
+    assert [h.split("\t")[0] for h in hypotheses] == ["H-0", "H-1"]
+
+
+def test_checkpoint_without_user_dir_names_it(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    _train(bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "8", "--max-update", "2")
+    out = run_cli("generate", bin_dir, "--path", tmp_path / "checkpoint_last.pt", check=False)
+    assert out.returncode != 0
+    assert "collab_fairseq.needs_user_dir.TransformerCollabArgs" in out.stdout
+
+
+def test_hydra_train_with_shipped_config(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config_dir = Path(USER_DIR) / "config"
+    overrides = [
+        f"task.data={bin_dir}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'hydra'}", "optimization.max_update=4", "dataset.num_workers=0",
+        "model.collab_key_dim=16", "+model.encoder_layers=1", "+model.decoder_layers=1",
+        "+model.encoder_embed_dim=32", "+model.decoder_embed_dim=32", "+model.encoder_ffn_embed_dim=32",
+        "+model.decoder_ffn_embed_dim=32", "+model.encoder_attention_heads=4", "+model.decoder_attention_heads=4",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", config_dir,
+         "--config-name", "transformer_collab_iwslt_de_en", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    weights = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert weights["encoder.layers.0.self_attn.q_proj.weight"].shape == (16, 32)
+    assert weights["decoder.layers.0.encoder_attn.mixing"].shape == (4, 16)
+    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt").stdout)
+    assert 0.0 <= bleu <= 100.0

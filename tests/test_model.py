@@ -1,0 +1,136 @@
+"""transformer_collab: parameter counts in closed form, attention placement, and bad input rejected before training."""
+
+import argparse
+
+import pytest
+import torch
+from fairseq.models.transformer import TransformerModel
+from fairseq.modules import MultiheadAttention
+
+import collab_fairseq  # noqa: F401  (registers the model)
+from collab_fairseq.models.transformer_collab import TransformerCollabModel, transformer_collab_iwslt_de_en
+from collab_fairseq.modules import CollaborativeMultiheadAttention
+from collab_fairseq.modules.collaborative_attention import attention_parameter_count
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
+
+E, H, LAYERS = 64, 4, 2
+
+
+class _Task:
+    """Just enough of a translation task for build_model: a joined dictionary."""
+
+    def __init__(self):
+        from fairseq.data import Dictionary
+
+        self.source_dictionary = self.target_dictionary = Dictionary()
+        for i in range(20):
+            self.source_dictionary.add_symbol(f"w{i}")
+
+
+def _args(**collab):
+    args = argparse.Namespace(
+        encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_embed_dim=E, decoder_embed_dim=E,
+        encoder_ffn_embed_dim=2 * E, decoder_ffn_embed_dim=2 * E, encoder_attention_heads=H, decoder_attention_heads=H,
+        share_all_embeddings=True, **collab,
+    )  # fmt: skip
+    transformer_collab_iwslt_de_en(args)
+    return args
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
+@pytest.mark.parametrize("key_dim", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("kdim", [None, 48])
+def test_attention_parameter_count_closed_form(mode, key_dim, kdim):
+    layer = CollaborativeMultiheadAttention(E, H, kdim=kdim, vdim=kdim, key_dim=key_dim, mode=mode)
+    assert _count(layer) == attention_parameter_count(E, H, key_dim, mode, kdim=kdim)
+
+
+def test_non_divisible_key_dim_with_random_mixing_count():
+    layer = CollaborativeMultiheadAttention(E, H, key_dim=10, mixing_init="xavier")
+    assert _count(layer) == attention_parameter_count(E, H, 10) == E * 10 * 2 + E * H + H * 10 + 2 * (E * E + E)
+
+
+@pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
+@pytest.mark.parametrize("key_dim", [16, 32, 64])
+def test_model_parameter_count_equals_transformer_minus_attention_difference(mode, key_dim):
+    task = _Task()
+    torch.manual_seed(0)
+    baseline = TransformerModel.build_model(_args(), task)
+    model = TransformerCollabModel.build_model(_args(collab_key_dim=key_dim, collab_mode=mode), task)
+    attentions = 3 * LAYERS  # encoder self, decoder self, encoder-decoder per layer
+    standard = 4 * (E * E + E)
+    expected = _count(baseline) + attentions * (attention_parameter_count(E, H, key_dim, mode) - standard)
+    assert _count(model) == expected
+    assert sum(isinstance(m, CollaborativeMultiheadAttention) for m in model.modules()) == attentions
+
+
+def test_collab_attentions_choose_which_layers_change():
+    model = TransformerCollabModel.build_model(_args(collab_key_dim=16, collab_attentions="decoder_self"), _Task())
+    assert isinstance(model.decoder.layers[0].self_attn, CollaborativeMultiheadAttention)
+    assert type(model.decoder.layers[0].encoder_attn) is MultiheadAttention
+    assert type(model.encoder.layers[0].self_attn) is MultiheadAttention
+
+
+def test_full_key_dim_concatenate_init_equals_standard_transformer_outputs():
+    """D_k = H*d_k, concatenate mixing, weights copied layer by layer: the whole model matches fairseq's."""
+    from collab_fairseq.reparam import copy_from_multihead_attention
+
+    task = _Task()
+    torch.manual_seed(0)
+    baseline = TransformerModel.build_model(_args(), task).eval()
+    model = TransformerCollabModel.build_model(_args(), task).eval()
+    state = {k: v for k, v in baseline.state_dict().items() if ".self_attn." not in k and ".encoder_attn." not in k}
+    model.load_state_dict(state, strict=False)
+    for name, module in model.named_modules():
+        if isinstance(module, CollaborativeMultiheadAttention):
+            copy_from_multihead_attention(module, baseline.get_submodule(name))
+    src = torch.randint(4, 24, (3, 7))
+    src[1, :2] = task.source_dictionary.pad()  # left padding, as fairseq batches sources
+    prev = torch.randint(4, 24, (3, 5))
+    lengths = src.ne(task.source_dictionary.pad()).sum(1)
+    out_ref, _ = baseline(src, lengths, prev)
+    out, _ = model(src, lengths, prev)
+    assert (out - out_ref).abs().max() <= 1e-4  # logits over 6 layers of float32 rounding
+
+
+BAD_INPUTS = [
+    (["--collab-key-dim", "0"], "key dimension D_k must be a positive integer"),
+    (["--collab-key-dim", "-8"], "key dimension D_k must be a positive integer"),
+    (["--collab-key-dim", "10", "--collab-mode", "concatenate"], "D_k=10 cannot be split into 4 heads"),
+    (["--collab-key-dim", "10"], "use a multiple of 4, or --collab-mixing-init normal/xavier"),
+    (["--collab-attentions", "encoder_self,cross"], "unknown attention(s) cross"),
+    (["--collab-mixing-init", "zeros"], "invalid choice: 'zeros'"),
+    (["--collab-mode", "grouped"], "invalid choice: 'grouped'"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_INPUTS)
+def test_bad_options_fail_before_training(copy_data, tmp_path, flags, message):
+    _, bin_dir = copy_data
+    out = run_cli(
+        "train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab", "--save-dir", tmp_path,
+        *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "2", *flags, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert message in out.stdout
+    assert "begin training" not in out.stdout
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    common = ["--user-dir", USER_DIR, "--arch", "transformer_collab", *TINY_MODEL, *TRAIN_FLAGS]
+    run_cli("train", bin_dir, *common, "--save-dir", tmp_path, "--collab-key-dim", "16", "--max-update", "2")
+    out = run_cli(
+        "train", bin_dir, *common, "--save-dir", tmp_path / "other", "--collab-key-dim", "8", "--max-update", "4",
+        "--restore-file", tmp_path / "checkpoint_last.pt", check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "has D_k=16 (collaborative heads) but the model was built with D_k=8" in out.stdout
+    out = run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
+                  "--model-overrides", "{'collab_key_dim': 8}", check=False)  # fmt: skip
+    assert "has D_k=16 (collaborative heads) but the model was built with D_k=8" in out.stdout
