@@ -51,3 +51,41 @@ binarize() {
   touch "$bin.tmp/.done"
   rm -rf "$bin"; mv "$bin.tmp" "$bin"
 }
+
+# fetch_wmt14 RAW: download the official WMT14 En-De archives and extract NAME.en / NAME.de into RAW.
+fetch_wmt14() {
+  local raw="$1" dl="$1/download"
+  mkdir -p "$dl"
+  local -A archives=(
+    [training-parallel-europarl-v7.tgz]="https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz"
+    [training-parallel-commoncrawl.tgz]="https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz"
+    [training-parallel-nc-v9.tgz]="https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz"
+    [dev.tgz]="https://www.statmt.org/wmt14/dev.tgz"
+    [test-full.tgz]="https://www.statmt.org/wmt14/test-full.tgz"
+  )
+  local name
+  for name in "${!archives[@]}"; do
+    [[ -s "$dl/$name" ]] && tar -tzf "$dl/$name" >/dev/null 2>&1 && continue
+    fetch_url "${archives[$name]}" "$dl/$name" ""
+    tar -tzf "$dl/$name" >/dev/null || die "$dl/$name is not a valid archive: delete it and re-run"
+  done
+  local lang
+  for lang in en de; do
+    [[ -s "$raw/europarl-v7.de-en.$lang" ]] || atomic "$raw/europarl-v7.de-en.$lang" tar -xzOf "$dl/training-parallel-europarl-v7.tgz" "training/europarl-v7.de-en.$lang"
+    [[ -s "$raw/commoncrawl.de-en.$lang" ]] || atomic "$raw/commoncrawl.de-en.$lang" tar -xzOf "$dl/training-parallel-commoncrawl.tgz" "commoncrawl.de-en.$lang"
+    [[ -s "$raw/news-commentary-v9.de-en.$lang" ]] || atomic "$raw/news-commentary-v9.de-en.$lang" tar -xzOf "$dl/training-parallel-nc-v9.tgz" "training/news-commentary-v9.de-en.$lang"
+    [[ -s "$raw/newstest2013.$lang" ]] || atomic "$raw/newstest2013.$lang" tar -xzOf "$dl/dev.tgz" "dev/newstest2013.$lang"
+  done
+  [[ -s "$raw/newstest2014.en" ]] || atomic "$raw/newstest2014.en" sgm_text "$dl/test-full.tgz" test-full/newstest2014-deen-src.en.sgm
+  [[ -s "$raw/newstest2014.de" ]] || atomic "$raw/newstest2014.de" sgm_text "$dl/test-full.tgz" test-full/newstest2014-deen-ref.de.sgm
+}
+
+# sgm_text ARCHIVE MEMBER: the <seg> texts of an SGML test file inside a tar archive, one per line.
+sgm_text() {
+  tar -xzOf "$1" "$2" | python3 -c "
+import html, re, sys
+for line in sys.stdin:
+    m = re.search(r'<seg[^>]*>(.*)</seg>', line)
+    if m:
+        print(html.unescape(m.group(1)).strip())"
+}

@@ -33,6 +33,7 @@ declare -A SHA256=(
   [test_2016_flickr.de.gz]=9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8
 )
 source "$(dirname "$0")/lib.sh"
+TOOLS="$(cd "$(dirname "$0")" && pwd)/tools"
 require_python_modules sentencepiece fairseq_cli
 
 mkdir -p "$OUT_DIR/raw" "$OUT_DIR/spm"
@@ -51,7 +52,7 @@ done
 
 step "2/4 joint sentencepiece model (vocab $VOCAB_SIZE)"
 if [[ ! -s "$OUT_DIR/spm/spm.model" ]]; then
-  python3 -m collab_fairseq.cli.sentencepiece_tool train --input "$OUT_DIR/raw/train.en" "$OUT_DIR/raw/train.de" \
+  python3 "$TOOLS/sentencepiece_tool.py" train --input "$OUT_DIR/raw/train.en" "$OUT_DIR/raw/train.de" \
     --model-prefix "$OUT_DIR/spm/spm" --vocab-size "$VOCAB_SIZE"
 fi
 
@@ -59,7 +60,7 @@ step "3/4 encode"
 for split in "${SPLITS[@]}"; do
   for lang in en de; do
     out="$OUT_DIR/spm/$split.$lang"
-    [[ -s "$out" ]] || python3 -m collab_fairseq.cli.sentencepiece_tool encode --model "$OUT_DIR/spm/spm.model" \
+    [[ -s "$out" ]] || python3 "$TOOLS/sentencepiece_tool.py" encode --model "$OUT_DIR/spm/spm.model" \
       --input "$OUT_DIR/raw/$split.$lang" --output "$out"
   done
 done

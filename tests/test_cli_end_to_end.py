@@ -61,7 +61,9 @@ def test_resume_continues_from_last_checkpoint(copy_data, tmp_path):
     assert weights["decoder.layers.0.self_attn.q_proj.weight"].shape == (64, 64)
 
     restored = tmp_path / "restored"
-    log = _train(bin_dir, restored, *args, "--max-update", "20", "--restore-file", tmp_path / "checkpoint_last.pt").stdout
+    log = _train(
+        bin_dir, restored, *args, "--max-update", "20", "--restore-file", tmp_path / "checkpoint_last.pt"
+    ).stdout
     assert "@ 16 updates" in log and "num_updates 20" in log
 
 

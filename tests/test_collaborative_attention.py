@@ -104,7 +104,9 @@ def _random_layer(kind, key_dim=12, mode="collaborative", mixing_init="normal"):
     return layer
 
 
-@pytest.mark.parametrize("mode,mixing_init,key_dim", [("collaborative", "normal", 12), ("concatenate", "concatenate", 8)])
+@pytest.mark.parametrize(
+    "mode,mixing_init,key_dim", [("collaborative", "normal", 12), ("concatenate", "concatenate", 8)]
+)
 def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init, key_dim):
     layer = _random_layer("self", key_dim, mode, mixing_init)
     query, _, _ = _inputs("self", tgt_len=6)

@@ -24,22 +24,52 @@ import sacrebleu
 logger = logging.getLogger(__name__)
 
 
-def run_generate(data, checkpoint, subset, beam, lenpen, batch_size, user_dir, extra=()):
-    """fairseq-generate -> hypotheses (detokenized by sentencepiece), in corpus order."""
+def run_generate(data, checkpoint, subset, beam, lenpen, batch_size, user_dir, extra=(), remove_bpe="sentencepiece",
+                 shards=1):  # fmt: skip
+    """fairseq-generate -> detokenized hypotheses (``remove_bpe``: fairseq's post-process), in corpus order.
+
+    With ``shards`` > 1 the test set is split with fairseq's --num-shards/--shard-id and the shards are
+    translated in parallel, shard i on the i-th visible GPU; hypotheses are merged back by sentence id.
+    """
     cmd = [
         sys.executable, "-m", "fairseq_cli.generate", data, "--user-dir", user_dir, "--path", checkpoint,
         "--gen-subset", subset, "--beam", str(beam), "--lenpen", str(lenpen), "--batch-size", str(batch_size),
-        "--remove-bpe", "sentencepiece", *extra,
+        "--remove-bpe", remove_bpe, *extra,
+        # fairseq-fixed 0.12.3.1 silently drops the last batch when it is not a multiple of this (default 8)
+        "--required-batch-size-multiple", "1",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-generate failed:\n{proc.stderr[-3000:]}")
+    devices = _visible_devices()
+    procs = []
+    for shard in range(shards):
+        env = dict(os.environ)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[shard % len(devices)]
+        shard_cmd = cmd + (["--num-shards", str(shards), "--shard-id", str(shard)] if shards > 1 else [])
+        procs.append(subprocess.Popen(shard_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     hyps = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>
-            idx, _, text = line.split("\t", 2)
-            hyps[int(idx[2:])] = text
-    return [hyps[i] for i in sorted(hyps)], proc.stderr
+    for shard, proc in enumerate(procs):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"fairseq-generate (shard {shard}) failed:\n{err[-3000:]}")
+        for line in out.splitlines():
+            if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>
+                idx, _, text = line.split("\t", 2)
+                hyps[int(idx[2:])] = text
+    return [hyps[i] for i in sorted(hyps)]
+
+
+def _visible_devices():
+    """CUDA device ids this process may use ([] without GPUs)."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except ImportError:
+        count = 0
+    if count == 0:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[:count] if visible else [str(i) for i in range(count)]
 
 
 def compound_split_tokenize(lines, lang):
@@ -95,6 +125,10 @@ def main(argv=None):
     parser.add_argument("--target-lang", default="de")
     parser.add_argument("--tokenized-bleu", action="store_true", help="also report tokenized, compound-split BLEU")
     parser.add_argument("--hypotheses", help="also write the detokenized hypotheses here")
+    parser.add_argument(
+        "--remove-bpe", default="sentencepiece", help="fairseq post-process of the pieces ('none': keep)"
+    )
+    parser.add_argument("--shards", type=int, default=0, help="parallel fairseq-generate shards (default: one per GPU)")
     parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. '--max-len-b 50'")
     parser.add_argument("--meta", default="{}", help="JSON object merged into the output (run name, D_k, seed...)")
     args = parser.parse_args(argv)
@@ -104,12 +138,13 @@ def main(argv=None):
     user_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(args.reference, encoding="utf-8") as f:
         refs = [line.rstrip("\n") for line in f]
-    hyps, _ = run_generate(
+    shards = args.shards if args.shards else max(len(_visible_devices()), 1)
+    hyps = run_generate(
         args.data, args.checkpoint, args.subset, args.beam, args.lenpen, args.batch_size, user_dir,
-        shlex.split(args.generate_args),
+        shlex.split(args.generate_args), args.remove_bpe, shards,
     )  # fmt: skip
     result = {**json.loads(args.meta), "checkpoint": args.checkpoint, "subset": args.subset, "beam": args.beam,
-              "lenpen": args.lenpen, **score(hyps, refs, args.target_lang, args.tokenized_bleu)}  # fmt: skip
+              "lenpen": args.lenpen, "shards": shards, **score(hyps, refs, args.target_lang, args.tokenized_bleu)}  # fmt: skip
     if args.hypotheses:
         write_atomic(args.hypotheses, "".join(h + "\n" for h in hyps))
     write_atomic(args.out, json.dumps(result, indent=1) + "\n")

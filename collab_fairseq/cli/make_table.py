@@ -47,14 +47,28 @@ def attention_params(checkpoint):
     return sum(v.numel() for k, v in model.items() if "_attn." in k and "layer_norm" not in k)
 
 
-def collect(runs_dir):
+def closed_form_attention_params(row, layout):
+    """Attention parameters from the closed form, for runs whose checkpoint is gone: layout = (E, H, layers)."""
+    from collab_fairseq.modules.collaborative_attention import attention_parameter_count
+
+    embed_dim, heads, layers = layout
+    if row.get("heads") == "transformer":
+        return layers * attention_parameter_count(embed_dim, heads, embed_dim, "concatenate")
+    mode = "collaborative" if row.get("heads") == "collab" else "concatenate"
+    return layers * attention_parameter_count(embed_dim, heads, int(row["key_dim"]), mode)
+
+
+def collect(runs_dir, layout=None):
     rows = []
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "bleu.json"))):
         run_dir = os.path.dirname(path)
         result = json.load(open(path))
         result.update(read_train_log(os.path.join(run_dir, "train.log")))
         ckpt = result.get("checkpoint")
-        result["attention_params"] = attention_params(ckpt) if ckpt and os.path.exists(ckpt) else None
+        if ckpt and os.path.exists(ckpt):
+            result["attention_params"] = attention_params(ckpt)
+        else:
+            result["attention_params"] = closed_form_attention_params(result, layout) if layout else None
         rows.append(result)
     return rows
 
@@ -64,7 +78,7 @@ def _fmt(values, digits=1):
     if not values:
         return "-"
     mean = statistics.mean(values)
-    if len(values) == 1:
+    if min(values) == max(values):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -83,7 +97,9 @@ def table(rows):
         "| train words/s | updates |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (heads, key_dim, tag), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2])):
+    for (heads, key_dim, tag), rs in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2])
+    ):
         first = rs[0]
         cells = [
             heads, key_dim, tag or "-", len(rs), _fmt([r["sacrebleu"] for r in rs], 2),
@@ -95,8 +111,11 @@ def table(rows):
 
 
 def plot(rows, path):
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -128,8 +147,13 @@ def main(argv=None):
     parser.add_argument("runs_dir")
     parser.add_argument("--out", help="write the markdown table here (atomic)")
     parser.add_argument("--plot", help="write a BLEU vs D_k plot here (needs matplotlib)")
+    parser.add_argument(
+        "--attention-layout", help="E,H,LAYERS: count attention parameters in closed form when checkpoints are gone "
+        "(transformer_iwslt_de_en: 512,4,18)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    rows = collect(args.runs_dir)
+    layout = tuple(int(x) for x in args.attention_layout.split(",")) if args.attention_layout else None
+    rows = collect(args.runs_dir, layout)
     if not rows:
         parser.error(f"no */bleu.json under {args.runs_dir}: run the sweep first")
     text = table(rows)

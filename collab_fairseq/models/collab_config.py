@@ -33,8 +33,10 @@ class CollabAttentionConfig(FairseqDataclass):
     )
     collab_attentions: str = field(
         default=",".join(ATTENTIONS),
-        metadata={"help": f"comma-separated attentions that use --collab-mode, from {', '.join(ATTENTIONS)}; "
-                  "the others stay fairseq's MultiheadAttention"},
+        metadata={
+            "help": f"comma-separated attentions that use --collab-mode, from {', '.join(ATTENTIONS)}; "
+            "the others stay fairseq's MultiheadAttention"
+        },
     )
     collab_mixing_init: ChoiceEnum(MIXING_INITS) = field(
         default="concatenate",

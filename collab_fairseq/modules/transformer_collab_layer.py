@@ -2,6 +2,7 @@
 
 Each layer overrides only fairseq's attention build hooks; everything else is
 fairseq's ``TransformerEncoderLayerBase`` / ``TransformerDecoderLayerBase``.
+Attentions not named in ``cfg.collab_attentions`` stay fairseq's MultiheadAttention.
 """
 
 from typing import Optional
@@ -11,16 +12,25 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, Trans
 from collab_fairseq.modules.collaborative_attention import CollaborativeMultiheadAttention
 
 
-def collab_kwargs(cfg, attention: str, embed_dim: int) -> Optional[dict]:
-    """Keyword arguments of the collaborative layer for ``attention``, or None to keep fairseq's.
+def build_collab_attention(
+    layer, cfg, attention: str, embed_dim: int, num_heads: int, **fairseq_kwargs
+) -> Optional[CollaborativeMultiheadAttention]:
+    """The collaborative layer for ``attention`` ('encoder_self', ...), or None if it stays fairseq's.
 
-    ``cfg`` carries the flat ``collab_*`` options next to fairseq's TransformerConfig.
+    ``cfg`` carries the flat ``collab_*`` options next to fairseq's TransformerConfig; ``fairseq_kwargs``
+    are the MultiheadAttention arguments fairseq's own hook would pass.
     """
     chosen = [a.strip() for a in str(getattr(cfg, "collab_attentions", "")).split(",")]
     if attention not in chosen:
         return None
     key_dim = getattr(cfg, "collab_key_dim", None)
-    return dict(
+    return CollaborativeMultiheadAttention(
+        embed_dim,
+        num_heads,
+        dropout=cfg.attention_dropout,
+        q_noise=layer.quant_noise,
+        qn_block_size=layer.quant_noise_block_size,
+        **fairseq_kwargs,
         key_dim=key_dim if key_dim is not None else embed_dim,
         mode=str(cfg.collab_mode),
         mixing_init=str(cfg.collab_mixing_init),
@@ -29,49 +39,23 @@ def collab_kwargs(cfg, attention: str, embed_dim: int) -> Optional[dict]:
 
 class CollabTransformerEncoderLayer(TransformerEncoderLayerBase):
     def build_self_attention(self, embed_dim, cfg):
-        kwargs = collab_kwargs(cfg, "encoder_self", embed_dim)
-        if kwargs is None:
-            return super().build_self_attention(embed_dim, cfg)
-        return CollaborativeMultiheadAttention(
-            embed_dim,
-            cfg.encoder.attention_heads,
-            dropout=cfg.attention_dropout,
-            self_attention=True,
-            q_noise=self.quant_noise,
-            qn_block_size=self.quant_noise_block_size,
-            **kwargs,
+        attn = build_collab_attention(
+            self, cfg, "encoder_self", embed_dim, cfg.encoder.attention_heads, self_attention=True
         )
+        return attn if attn is not None else super().build_self_attention(embed_dim, cfg)
 
 
 class CollabTransformerDecoderLayer(TransformerDecoderLayerBase):
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
-        kwargs = collab_kwargs(cfg, "decoder_self", embed_dim)
-        if kwargs is None:
-            return super().build_self_attention(embed_dim, cfg, add_bias_kv, add_zero_attn)
-        return CollaborativeMultiheadAttention(
-            embed_dim,
-            cfg.decoder.attention_heads,
-            dropout=cfg.attention_dropout,
-            add_bias_kv=add_bias_kv,
-            add_zero_attn=add_zero_attn,
-            self_attention=not cfg.cross_self_attention,
-            q_noise=self.quant_noise,
-            qn_block_size=self.quant_noise_block_size,
-            **kwargs,
-        )
+        attn = build_collab_attention(
+            self, cfg, "decoder_self", embed_dim, cfg.decoder.attention_heads,
+            add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn, self_attention=not cfg.cross_self_attention,
+        )  # fmt: skip
+        return attn if attn is not None else super().build_self_attention(embed_dim, cfg, add_bias_kv, add_zero_attn)
 
     def build_encoder_attention(self, embed_dim, cfg):
-        kwargs = collab_kwargs(cfg, "encoder_decoder", embed_dim)
-        if kwargs is None:
-            return super().build_encoder_attention(embed_dim, cfg)
-        return CollaborativeMultiheadAttention(
-            embed_dim,
-            cfg.decoder.attention_heads,
-            kdim=cfg.encoder.embed_dim,
-            vdim=cfg.encoder.embed_dim,
-            dropout=cfg.attention_dropout,
-            encoder_decoder_attention=True,
-            q_noise=self.quant_noise,
-            qn_block_size=self.quant_noise_block_size,
-            **kwargs,
-        )
+        attn = build_collab_attention(
+            self, cfg, "encoder_decoder", embed_dim, cfg.decoder.attention_heads,
+            kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim, encoder_decoder_attention=True,
+        )  # fmt: skip
+        return attn if attn is not None else super().build_encoder_attention(embed_dim, cfg)

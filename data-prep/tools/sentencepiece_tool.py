@@ -1,7 +1,7 @@
 """Train a joint sentencepiece model and encode text with it (used by data-prep/*.sh).
 
-    python -m collab_fairseq.cli.sentencepiece_tool train --input a.en b.de --model-prefix spm --vocab-size 8000
-    python -m collab_fairseq.cli.sentencepiece_tool encode --model spm.model < raw > pieces
+    python data-prep/tools/sentencepiece_tool.py train --input a.en b.de --model-prefix spm --vocab-size 8000
+    python data-prep/tools/sentencepiece_tool.py encode --model spm.model < raw > pieces
 
 Outputs are written to a temporary file and renamed, so an interrupted step leaves nothing a rerun would trust.
 """

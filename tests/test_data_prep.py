@@ -1,0 +1,144 @@
+"""data-prep scripts end to end in offline mode (--raw-dir) on tiny raw files: outputs, reruns, interruptions."""
+
+import gzip
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import REPO, SHARED_DATA
+
+WMT_TEST_SETS = SHARED_DATA / "wmt14_en_de_test"
+
+
+def _run(script, *args):
+    return subprocess.run(["bash", str(REPO / "data-prep" / script), *map(str, args)], capture_output=True, text=True)
+
+
+def _sentences(rng, n, vocab):
+    return [" ".join(rng.choice(vocab) for _ in range(rng.randint(2, 12))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def wmt_raw(tmp_path_factory):
+    """WMT-format raw dir: three tiny training corpora + the real newstest2013/2014 (from ../shared/data)."""
+    if not (WMT_TEST_SETS / "newstest2014.de.gz").exists():
+        pytest.skip(f"{WMT_TEST_SETS} not available")
+    raw = tmp_path_factory.mktemp("wmt_raw")
+    rng = random.Random(0)
+    en_vocab = [f"word{i}" for i in range(300)]
+    for name in ("europarl-v7.de-en", "commoncrawl.de-en", "news-commentary-v9.de-en"):
+        src = _sentences(rng, 400, en_vocab)
+        (raw / f"{name}.en").write_text("\n".join(src) + "\n\n")  # a last empty pair, dropped by cleaning
+        (raw / f"{name}.de").write_text("\n".join(s.replace("word", "wort") for s in src) + "\nnicht leer\n")
+    for name in ("newstest2013", "newstest2014"):
+        for lang in ("en", "de"):
+            shutil.copy(WMT_TEST_SETS / f"{name}.{lang}.gz", raw / f"{name}.{lang}.gz")
+    return raw
+
+
+def test_prepare_wmt14_offline_end_to_end_rerun_and_interruption(wmt_raw, tmp_path):
+    out = tmp_path / "wmt"
+    args = ["--raw-dir", wmt_raw, "--out-dir", out, "--vocab-size", "300", "--workers", "1"]
+    proc = _run("prepare-wmt14-en-de.sh", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "de"):
+            assert (out / "bin" / f"{split}.en-de.{lang}.bin").stat().st_size > 0
+    assert len((out / "clean" / "train.en").read_text().splitlines()) == 1200  # empty pairs dropped
+    with gzip.open(WMT_TEST_SETS / "newstest2014.de.gz", "rt") as f:
+        assert (out / "raw" / "newstest2014.de").read_text() == f.read()
+    assert len((out / "spm" / "test.de").read_text().splitlines()) == 3003
+
+    # a rerun is a no-op: every step is skipped and nothing is rewritten
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    proc = _run("prepare-wmt14-en-de.sh", *args)
+    assert proc.returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+
+    # an interrupted encode (only its temporary file left) and binarization are redone, not trusted
+    encoded = (out / "spm" / "train.de").read_text()
+    (out / "spm" / "train.de").unlink()
+    (out / "spm" / "train.de.tmp").write_text("half a li")
+    shutil.rmtree(out / "bin")
+    (out / "bin.tmp").mkdir()
+    proc = _run("prepare-wmt14-en-de.sh", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "spm" / "train.de").read_text() == encoded
+    assert not (out / "spm" / "train.de.tmp").exists() and not (out / "bin.tmp").exists()
+    assert (out / "bin" / ".done").exists()
+
+
+def test_prepare_wmt14_names_a_missing_raw_file(wmt_raw, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(wmt_raw, partial)
+    (partial / "commoncrawl.de-en.de").unlink()
+    proc = _run("prepare-wmt14-en-de.sh", "--raw-dir", partial, "--out-dir", tmp_path / "out")
+    assert proc.returncode != 0
+    assert f"missing {partial}/commoncrawl.de-en.de (or .gz)" in proc.stderr
+    assert not (tmp_path / "out" / "bin").exists()
+
+
+def test_prepare_wmt14_refuses_a_wrong_test_set(wmt_raw, tmp_path):
+    wrong = tmp_path / "wrong"
+    shutil.copytree(wmt_raw, wrong)
+    (wrong / "newstest2014.de.gz").unlink()
+    (wrong / "newstest2014.de").write_text("nicht der Testsatz\n")
+    proc = _run("prepare-wmt14-en-de.sh", "--raw-dir", wrong, "--out-dir", tmp_path / "out")
+    assert proc.returncode != 0
+    assert "is not the official newstest2014 (sha256 differs)" in proc.stderr
+
+
+def _iwslt_raw(raw):
+    rng = random.Random(1)
+    vocab = [f"Wort{i}" for i in range(200)]
+    lines = {"de": [], "en": []}
+    for lang in ("de", "en"):
+        rows = ["<url>http://www.ted.com/talks/x</url>", "<keywords>talks</keywords>", "<speaker>A</speaker>",
+                "<talkid>1</talkid>", "<title>Ein Titel</title>", "<description>Eine Beschreibung</description>"]  # fmt: skip
+        rng.seed(1)
+        body = _sentences(rng, 230, vocab)
+        if lang == "en":
+            body = [s.replace("Wort", "Word") for s in body]
+        lines[lang] = body
+        (raw / f"train.tags.de-en.{lang}").write_text("\n".join(rows + body) + "\n")
+        for test in ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
+                     "IWSLT14.TED.tst2012"):  # fmt: skip
+            segs = "\n".join(f'<seg id="{i}"> {s} &amp; Co </seg>' for i, s in enumerate(body[:10]))
+            (raw / f"{test}.de-en.{lang}.xml").write_text(f"<mteval>\n<doc>\n{segs}\n</doc>\n</mteval>\n")
+    return lines
+
+
+def test_prepare_iwslt14_offline_follows_fairseqs_split(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = _iwslt_raw(raw)
+    out = tmp_path / "iwslt"
+    proc = _run("prepare-iwslt14-de-en.sh", "--raw-dir", raw, "--out-dir", out, "--vocab-size", "150", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = (out / "clean" / "kept.de").read_text().splitlines()
+    assert kept[:2] == ["ein titel", "eine beschreibung"]  # tags removed, metadata lines dropped, lowercased
+    assert kept[2:] == [s.lower() for s in lines["de"]]
+    valid = (out / "clean" / "valid.de").read_text().splitlines()
+    train = (out / "clean" / "train.de").read_text().splitlines()
+    assert valid == kept[22::23] and len(train) + len(valid) == len(kept)
+    test = (out / "clean" / "test.en").read_text().splitlines()
+    assert len(test) == 50 and test[0] == lines["en"][0].lower() + " & co"
+    assert (out / "bin" / "test.de-en.en.bin").stat().st_size > 0
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert _run("prepare-iwslt14-de-en.sh", "--raw-dir", raw, "--out-dir", out).returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+
+
+def test_prepare_multi30k_offline(tmp_path):
+    if not (SHARED_DATA / "multi30k_en_de" / "train.en.gz").exists():
+        pytest.skip("../shared/data/multi30k_en_de not available")
+    out = tmp_path / "m30k"
+    proc = _run("prepare-multi30k-en-de.sh", "--raw-dir", SHARED_DATA / "multi30k_en_de", "--out-dir", out,
+                "--vocab-size", "2000", "--workers", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((out / "spm" / "test_2016_flickr.de").read_text().splitlines()) == 1000
+    assert (out / "bin" / "train.en-de.de.bin").stat().st_size > 0
+    assert os.path.exists(out / "bin" / "dict.en.txt")

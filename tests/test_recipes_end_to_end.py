@@ -1,0 +1,50 @@
+"""The WMT14 pipeline offline, end to end on small WMT-format files: prepare -> train.sh -> evaluate.sh -> table."""
+
+import json
+import os
+import subprocess
+
+from tests.helpers import REPO
+from tests.test_data_prep import wmt_raw  # noqa: F401  (fixture)
+
+TINY = (
+    "--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
+    "--encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-attention-heads 4 --decoder-attention-heads 4 "
+    "--num-workers 0"
+)
+
+
+def _bash(script, env):
+    proc = subprocess.run(["bash", str(REPO / script)], env={**os.environ, **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return proc
+
+
+def test_wmt14_prepare_train_evaluate_table_offline(wmt_raw, tmp_path):  # noqa: F811
+    data = tmp_path / "wmt"
+    prep = subprocess.run(
+        ["bash", str(REPO / "data-prep/prepare-wmt14-en-de.sh"), "--raw-dir", str(wmt_raw), "--out-dir", str(data),
+         "--vocab-size", "300", "--workers", "1"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    runs = tmp_path / "runs"
+    common = dict(DATA=str(data / "bin"), FP16="0", MAX_UPDATE="4", MAX_TOKENS="2048", TOKENS_PER_UPDATE="4096",
+                  SAVE_INTERVAL_UPDATES="1", EXTRA=TINY)  # fmt: skip
+    for heads, key_dim in [("transformer", ""), ("collab", "16")]:
+        run = runs / f"{heads}_dk{key_dim or 32}_s1"
+        log = _bash(
+            "recipes/wmt14_en_de/train.sh", {**common, "HEADS": heads, "KEY_DIM": key_dim, "SAVE_DIR": str(run)}
+        )
+        assert "1 GPU(s) x 2048 tokens x update-freq 2 = 4096 tokens/update" in log.stderr
+        meta = json.dumps({"run": run.name, "heads": heads, "key_dim": int(key_dim or 32), "seed": 1})
+        _bash("recipes/wmt14_en_de/evaluate.sh", dict(DATA=str(data / "bin"), SAVE_DIR=str(run), AVERAGE_LAST="2",
+              META=meta, GENERATE_ARGS="--max-len-a 0 --max-len-b 4"))  # fmt: skip
+        result = json.load(open(run / "bleu.json"))
+        assert result["sentences"] == 3003 and result["beam"] == 4 and result["lenpen"] == 0.6
+        assert result["checkpoint"].endswith("averaged_last2.pt")
+        assert "tokenized_bleu_compound_split" in result
+    table = subprocess.run(["python3", "-m", "collab_fairseq.cli.make_table", str(runs), "--out", str(tmp_path / "t.md")],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[2].startswith("| transformer | 32 | - | 1 |") and lines[3].startswith("| collab | 16 | - | 1 |")
+    assert table.returncode == 0
