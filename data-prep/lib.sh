@@ -89,3 +89,19 @@ for line in sys.stdin:
     if m:
         print(html.unescape(m.group(1)).strip())"
 }
+
+# parse_prep_args "$@": the options every data-prep script takes; sets RAW_DIR, OUT_DIR, VOCAB_SIZE, WORKERS,
+# SAMPLE (defaults come from the script). --help prints the script's header comment.
+parse_prep_args() {
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --raw-dir) RAW_DIR="$2"; shift 2 ;;
+      --out-dir) OUT_DIR="$2"; shift 2 ;;
+      --vocab-size) VOCAB_SIZE="$2"; shift 2 ;;
+      --workers) WORKERS="$2"; shift 2 ;;
+      --sample) SAMPLE="$2"; shift 2 ;;
+      -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+      *) die "unknown argument: $1 (see --help)" ;;
+    esac
+  done
+}

@@ -12,16 +12,8 @@ RAW_DIR=""
 OUT_DIR="${OUT_DIR:-work/multi30k_en_de}"
 VOCAB_SIZE="${VOCAB_SIZE:-8000}"
 WORKERS="${WORKERS:-4}"
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --raw-dir) RAW_DIR="$2"; shift 2 ;;
-    --out-dir) OUT_DIR="$2"; shift 2 ;;
-    --vocab-size) VOCAB_SIZE="$2"; shift 2 ;;
-    --workers) WORKERS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
+source "$(dirname "$0")/lib.sh"
+parse_prep_args "$@"
 URL="https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw"
 SPLITS=(train val test_2016_flickr)
 declare -A SHA256=(
@@ -32,7 +24,6 @@ declare -A SHA256=(
   [test_2016_flickr.en.gz]=611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9
   [test_2016_flickr.de.gz]=9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8
 )
-source "$(dirname "$0")/lib.sh"
 TOOLS="$(cd "$(dirname "$0")" && pwd)/tools"
 require_python_modules sentencepiece fairseq_cli
 

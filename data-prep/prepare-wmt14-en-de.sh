@@ -15,18 +15,8 @@ OUT_DIR="${OUT_DIR:-work/wmt14_en_de}"
 VOCAB_SIZE="${VOCAB_SIZE:-32000}"
 SAMPLE="${SAMPLE:-4000000}"
 WORKERS="${WORKERS:-8}"
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --raw-dir) RAW_DIR="$2"; shift 2 ;;
-    --out-dir) OUT_DIR="$2"; shift 2 ;;
-    --vocab-size) VOCAB_SIZE="$2"; shift 2 ;;
-    --sample) SAMPLE="$2"; shift 2 ;;
-    --workers) WORKERS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
 source "$(dirname "$0")/lib.sh"
+parse_prep_args "$@"
 TOOLS="$(cd "$(dirname "$0")" && pwd)/tools"
 require_python_modules sentencepiece fairseq_cli
 

@@ -185,3 +185,19 @@ def test_gradients_reach_mixing_and_content_bias():
     out.pow(2).sum().backward()
     assert layer.mixing.grad.abs().sum() > 0
     assert layer.content_bias.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode,key_dim", [("collaborative", 12), ("concatenate", 8)])
+def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim):
+    """need_weights=False takes scaled_dot_product_attention; it must train exactly like the explicit path."""
+    layer = _random_layer("self", key_dim, mode, "normal" if mode == "collaborative" else "concatenate")
+    query, _, padding = _inputs("self")
+    grads = []
+    for need_weights in (False, True):
+        layer.zero_grad()
+        out, _ = layer(query, query, query, key_padding_mask=padding, need_weights=need_weights)
+        out.pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in layer.named_parameters() if n != "k_proj.bias"})
+    for name in grads[1]:
+        relative = (grads[0][name] - grads[1][name]).norm() / grads[1][name].norm()
+        assert relative <= 1e-5, (name, relative.item())
