@@ -105,3 +105,22 @@ parse_prep_args() {
     esac
   done
 }
+
+# sentencepiece_splits TEXT_DIR SPM_DIR VOCAB_SIZE SAMPLE "SPLITS" "LANGS": train one joint sentencepiece model on
+# TEXT_DIR/train.{LANGS} (SAMPLE sentences), then encode TEXT_DIR/SPLIT.LANG into SPM_DIR/SPLIT.LANG; finished
+# outputs are kept (each is written atomically by the tool).
+sentencepiece_splits() {
+  local text="$1" spm_dir="$2" vocab="$3" sample="$4" split lang inputs=()
+  read -r -a splits <<<"$5"; read -r -a langs <<<"$6"
+  for lang in "${langs[@]}"; do inputs+=("$text/${splits[0]}.$lang"); done
+  step "joint sentencepiece model (vocab $vocab, sample $sample sentences)"
+  [[ -s "$spm_dir/spm.model" ]] || python3 "$TOOLS/sentencepiece_tool.py" train --input "${inputs[@]}" \
+    --model-prefix "$spm_dir/spm" --vocab-size "$vocab" --sample-size "$sample"
+  step "encode ${splits[*]}"
+  for split in "${splits[@]}"; do
+    for lang in "${langs[@]}"; do
+      [[ -s "$spm_dir/$split.$lang" ]] || python3 "$TOOLS/sentencepiece_tool.py" encode --model "$spm_dir/spm.model" \
+        --input "$text/$split.$lang" --output "$spm_dir/$split.$lang"
+    done
+  done
+}

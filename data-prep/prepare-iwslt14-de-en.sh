@@ -22,7 +22,7 @@ TESTS=(IWSLT14.TED.dev2010 IWSLT14.TEDX.dev2012 IWSLT14.TED.tst2010 IWSLT14.TED.
 RAW="$OUT_DIR/raw"
 mkdir -p "$RAW" "$OUT_DIR/clean" "$OUT_DIR/spm"
 
-step "1/5 raw files"
+step "raw files"
 SRC_DIR="$RAW/de-en"
 if [[ ! -s "$SRC_DIR/train.tags.de-en.de" ]]; then
   archive=""
@@ -38,7 +38,7 @@ if [[ ! -s "$SRC_DIR/train.tags.de-en.de" ]]; then
 fi
 for f in train.tags.de-en.de train.tags.de-en.en; do [[ -s "$SRC_DIR/$f" ]] || die "missing $SRC_DIR/$f"; done
 
-step "2/5 extract and lowercase; clean (1-175 words, ratio 1.5); valid = every 23rd pair"
+step "extract and lowercase; clean (1-175 words, ratio 1.5); valid = every 23rd pair"
 for lang in de en; do
   [[ -s "$OUT_DIR/clean/all.$lang" ]] || atomic "$OUT_DIR/clean/all.$lang" python3 "$TOOLS/iwslt_text.py" train \
     "$SRC_DIR/train.tags.de-en.$lang"
@@ -52,18 +52,8 @@ for lang in de en; do
   [[ -s "$OUT_DIR/clean/train.$lang" ]] || atomic "$OUT_DIR/clean/train.$lang" awk 'NR % 23 != 0' "$OUT_DIR/clean/kept.$lang"
 done
 
-step "3/5 joint sentencepiece model (vocab $VOCAB_SIZE)"
-[[ -s "$OUT_DIR/spm/spm.model" ]] || python3 "$TOOLS/sentencepiece_tool.py" train \
-  --input "$OUT_DIR/clean/train.de" "$OUT_DIR/clean/train.en" --model-prefix "$OUT_DIR/spm/spm" --vocab-size "$VOCAB_SIZE"
+sentencepiece_splits "$OUT_DIR/clean" "$OUT_DIR/spm" "$VOCAB_SIZE" 2000000 "train valid test" "de en"
 
-step "4/5 encode"
-for split in train valid test; do
-  for lang in de en; do
-    [[ -s "$OUT_DIR/spm/$split.$lang" ]] || python3 "$TOOLS/sentencepiece_tool.py" encode \
-      --model "$OUT_DIR/spm/spm.model" --input "$OUT_DIR/clean/$split.$lang" --output "$OUT_DIR/spm/$split.$lang"
-  done
-done
-
-step "5/5 fairseq-preprocess"
+step "fairseq-preprocess"
 binarize "$OUT_DIR/spm" "$OUT_DIR/bin" de en train valid test "$WORKERS"
 echo "done: $OUT_DIR/bin (test references: $OUT_DIR/clean/test.en, lowercased as fairseq's setup)"

@@ -28,7 +28,7 @@ TOOLS="$(cd "$(dirname "$0")" && pwd)/tools"
 require_python_modules sentencepiece fairseq_cli
 
 mkdir -p "$OUT_DIR/raw" "$OUT_DIR/spm"
-step "1/4 fetch and verify raw files"
+step "fetch and verify raw files"
 for split in "${SPLITS[@]}"; do
   for lang in en de; do
     name="$split.$lang.gz"
@@ -41,21 +41,8 @@ for split in "${SPLITS[@]}"; do
   done
 done
 
-step "2/4 joint sentencepiece model (vocab $VOCAB_SIZE)"
-if [[ ! -s "$OUT_DIR/spm/spm.model" ]]; then
-  python3 "$TOOLS/sentencepiece_tool.py" train --input "$OUT_DIR/raw/train.en" "$OUT_DIR/raw/train.de" \
-    --model-prefix "$OUT_DIR/spm/spm" --vocab-size "$VOCAB_SIZE"
-fi
+sentencepiece_splits "$OUT_DIR/raw" "$OUT_DIR/spm" "$VOCAB_SIZE" 2000000 "train val test_2016_flickr" "en de"
 
-step "3/4 encode"
-for split in "${SPLITS[@]}"; do
-  for lang in en de; do
-    out="$OUT_DIR/spm/$split.$lang"
-    [[ -s "$out" ]] || python3 "$TOOLS/sentencepiece_tool.py" encode --model "$OUT_DIR/spm/spm.model" \
-      --input "$OUT_DIR/raw/$split.$lang" --output "$out"
-  done
-done
-
-step "4/4 fairseq-preprocess"
+step "fairseq-preprocess"
 binarize "$OUT_DIR/spm" "$OUT_DIR/bin" en de train val test_2016_flickr "$WORKERS"
 echo "done: $OUT_DIR/bin (test set: test_2016_flickr -> subset 'test'; references: $OUT_DIR/raw/test_2016_flickr.de)"

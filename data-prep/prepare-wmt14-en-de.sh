@@ -31,7 +31,7 @@ declare -A SHA256=(
 RAW="$OUT_DIR/raw"
 mkdir -p "$RAW" "$OUT_DIR/clean" "$OUT_DIR/spm"
 
-step "1/5 raw corpora"
+step "raw corpora"
 if [[ -n "$RAW_DIR" ]]; then
   for name in "${TRAIN_CORPORA[@]}" newstest2013 newstest2014; do
     for lang in en de; do
@@ -51,7 +51,7 @@ for name in newstest2013 newstest2014; do
   done
 done
 
-step "2/5 clean training pairs"
+step "clean training pairs"
 for name in "${TRAIN_CORPORA[@]}"; do
   [[ -s "$OUT_DIR/clean/$name.de" ]] || python3 "$TOOLS/clean_corpus.py" --src "$RAW/$name.en" \
     --tgt "$RAW/$name.de" --out-prefix "$OUT_DIR/clean/$name" --langs en de
@@ -63,19 +63,8 @@ for lang in en de; do
   [[ -s "$OUT_DIR/clean/test.$lang" ]] || atomic "$OUT_DIR/clean/test.$lang" cat "$RAW/newstest2014.$lang"
 done
 
-step "3/5 joint sentencepiece model (vocab $VOCAB_SIZE, sample $SAMPLE sentences)"
-[[ -s "$OUT_DIR/spm/spm.model" ]] || python3 "$TOOLS/sentencepiece_tool.py" train \
-  --input "$OUT_DIR/clean/train.en" "$OUT_DIR/clean/train.de" --model-prefix "$OUT_DIR/spm/spm" \
-  --vocab-size "$VOCAB_SIZE" --sample-size "$SAMPLE"
+sentencepiece_splits "$OUT_DIR/clean" "$OUT_DIR/spm" "$VOCAB_SIZE" "$SAMPLE" "train valid test" "en de"
 
-step "4/5 encode"
-for split in train valid test; do
-  for lang in en de; do
-    [[ -s "$OUT_DIR/spm/$split.$lang" ]] || python3 "$TOOLS/sentencepiece_tool.py" encode \
-      --model "$OUT_DIR/spm/spm.model" --input "$OUT_DIR/clean/$split.$lang" --output "$OUT_DIR/spm/$split.$lang"
-  done
-done
-
-step "5/5 fairseq-preprocess ($WORKERS workers)"
+step "fairseq-preprocess ($WORKERS workers)"
 binarize "$OUT_DIR/spm" "$OUT_DIR/bin" en de train valid test "$WORKERS"
 echo "done: $OUT_DIR/bin (test references: $RAW/newstest2014.de)"
