@@ -5,6 +5,5 @@
 set -euo pipefail
 GRID=("$@")
 [[ ${#GRID[@]} -gt 0 ]] || GRID=(transformer:512:1 transformer:512:2 concat:128:1 collab:512:1 collab:256:1 collab:128:1 collab:128:2 collab:64:1)
-export RECIPE_DIR="$(cd "$(dirname "$0")" && pwd)" RUNS_DIR="${RUNS_DIR:-work/iwslt14_de_en/runs}" PARALLEL="${PARALLEL:-4}"
-export TABLE="${TABLE:-results/iwslt14_de_en_table.md}" PLOT="${PLOT:-results/iwslt14_de_en.png}"
+export RECIPE_DIR="$(cd "$(dirname "$0")" && pwd)" CORPUS=iwslt14_de_en PARALLEL="${PARALLEL:-4}"
 exec "$RECIPE_DIR/../lib/sweep.sh" "${GRID[@]}"

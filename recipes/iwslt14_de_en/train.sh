@@ -4,11 +4,7 @@
 # Hardware: 1 GPU, ~1 h for 50k updates alone on an H100.
 # usage: HEADS=collab KEY_DIM=128 SEED=1 recipes/iwslt14_de_en/train.sh
 set -euo pipefail
-export DATA="${DATA:-work/iwslt14_de_en/bin}"
-export HEADS="${HEADS:-collab}" SEED="${SEED:-1}"
-[[ "$HEADS" == transformer ]] || export KEY_DIM="${KEY_DIM:-128}"
-export SAVE_DIR="${SAVE_DIR:-work/iwslt14_de_en/runs/${HEADS}${KEY_DIM:+_dk$KEY_DIM}_s$SEED}"
-export ARCH_FAMILY=iwslt_de_en
+export CORPUS=iwslt14_de_en ARCH_FAMILY=iwslt_de_en
 export MAX_UPDATE="${MAX_UPDATE:-50000}" LR="${LR:-5e-4}" WARMUP="${WARMUP:-4000}" DROPOUT="${DROPOUT:-0.3}"
 export WEIGHT_DECAY="${WEIGHT_DECAY:-0.0001}" MAX_TOKENS="${MAX_TOKENS:-4096}" TOKENS_PER_UPDATE="${TOKENS_PER_UPDATE:-4096}"
 exec "$(dirname "$0")/../lib/train.sh"

@@ -11,7 +11,6 @@ CKPT="${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}"
 if [[ "${AVERAGE_LAST:-0}" -gt 0 ]]; then
   CKPT="$SAVE_DIR/averaged_last${AVERAGE_LAST}.pt"
   if [[ ! -s "$CKPT" ]]; then
-    python3 -c "import fairseq, os; print(os.path.dirname(fairseq.__file__))" >/dev/null
     python3 -m collab_fairseq.cli.average_checkpoints --inputs "$SAVE_DIR" --num-update-checkpoints "$AVERAGE_LAST" --output "$CKPT"
   fi
 fi

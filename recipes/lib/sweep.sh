@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Generic grid runner used by the corpus sweep.sh scripts: train + evaluate every HEADS:KEY_DIM:SEED entry,
 # PARALLEL at a time, then print the table (python -m collab_fairseq.cli.make_table).
-# Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), RUNS_DIR, PARALLEL,
-#   TABLE, PLOT, TAG (suffix of run names for ablations), plus the corpus train.sh variables.
+# Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), CORPUS, PARALLEL (1),
+#   RUNS_DIR (work/$CORPUS/runs), TABLE (results/${CORPUS}_table.md), PLOT (results/$CORPUS.png),
+#   TAG (suffix of run names for ablations), plus the corpus train.sh variables.
 # Arguments: the grid entries, e.g. transformer:512:1 collab:128:1.
 set -euo pipefail
-: "${RECIPE_DIR:?}"; : "${RUNS_DIR:?}"
+: "${RECIPE_DIR:?}"; : "${CORPUS:?}"
+RUNS_DIR="${RUNS_DIR:-work/$CORPUS/runs}"
+TABLE="${TABLE:-results/${CORPUS}_table.md}"
+PLOT="${PLOT:-results/$CORPUS.png}"
 [[ $# -gt 0 ]] || { echo "usage: $0 HEADS:KEY_DIM:SEED ..." >&2; exit 2; }
 for entry in "$@"; do
   [[ "$entry" =~ ^(transformer|collab|concat):[0-9]+:[0-9]+$ ]] || { echo "error: bad grid entry '$entry' (want HEADS:KEY_DIM:SEED, e.g. collab:128:1)" >&2; exit 2; }

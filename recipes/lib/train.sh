@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Generic fairseq-train launcher shared by the corpus recipes (they set the defaults, then exec this).
 # Environment (all optional, corpus recipes set sensible values):
+#   CORPUS         e.g. multi30k_en_de: DATA defaults to work/$CORPUS/bin, SAVE_DIR to work/$CORPUS/runs/<heads>_dk<D_k>_s<seed>
 #   DATA           binarized data dir                      SAVE_DIR   checkpoints + logs (resumes from checkpoint_last.pt)
 #   ARCH_FAMILY    iwslt_de_en | wmt_en_de | ...           HEADS      transformer | collab | concat
 #   KEY_DIM        D_k (collab/concat)                     ATTENTIONS encoder_self,decoder_self,encoder_decoder
@@ -12,18 +13,18 @@
 # GPUs: every visible GPU (CUDA_VISIBLE_DEVICES) through fairseq's distributed training (NCCL);
 # multi-node via torchrun / SLURM variables, which fairseq reads itself.
 set -euo pipefail
-: "${DATA:?set DATA to the binarized data directory}"
-: "${SAVE_DIR:?set SAVE_DIR}"
 : "${ARCH_FAMILY:?set ARCH_FAMILY (iwslt_de_en, wmt_en_de, ...)}"
 HEADS="${HEADS:-collab}"
 SEED="${SEED:-1}"
+[[ "$HEADS" == transformer ]] && KEY_DIM="" || KEY_DIM="${KEY_DIM:-128}"
+DATA="${DATA:-work/${CORPUS:?set CORPUS or DATA}/bin}"
+SAVE_DIR="${SAVE_DIR:-work/${CORPUS:?set CORPUS or SAVE_DIR}/runs/${HEADS}${KEY_DIM:+_dk$KEY_DIM}_s$SEED}"
 FP16="${FP16:-1}"
-[[ -f "$DATA/dict.en.txt" || -n "$(ls "$DATA"/dict.*.txt 2>/dev/null)" ]] || { echo "error: $DATA has no dict.*.txt: run the data-prep script first" >&2; exit 1; }
+[[ -n "$(ls "$DATA"/dict.*.txt 2>/dev/null)" ]] || { echo "error: $DATA has no dict.*.txt: run the data-prep script first" >&2; exit 1; }
 
 case "$HEADS" in
   transformer) MODEL=(--arch "transformer_${ARCH_FAMILY}") ;;
   collab|concat)
-    : "${KEY_DIM:?set KEY_DIM (e.g. 128) for HEADS=$HEADS}"
     MODE=collaborative; [[ "$HEADS" == concat ]] && MODE=concatenate
     MODEL=(--arch "transformer_collab_${ARCH_FAMILY}" --collab-key-dim "$KEY_DIM" --collab-mode "$MODE"
            --collab-attentions "${ATTENTIONS:-encoder_self,decoder_self,encoder_decoder}"

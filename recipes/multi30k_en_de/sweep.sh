@@ -9,6 +9,5 @@
 set -euo pipefail
 GRID=("$@")
 [[ ${#GRID[@]} -gt 0 ]] || GRID=(transformer:512:1 transformer:512:2 concat:128:1 collab:512:1 collab:256:1 collab:128:1 collab:128:2 collab:64:1)
-export RECIPE_DIR="$(cd "$(dirname "$0")" && pwd)" RUNS_DIR="${RUNS_DIR:-work/multi30k_en_de/runs}" PARALLEL="${PARALLEL:-8}"
-export TABLE="${TABLE:-results/multi30k_en_de_table.md}" PLOT="${PLOT:-results/multi30k_en_de.png}"
+export RECIPE_DIR="$(cd "$(dirname "$0")" && pwd)" CORPUS=multi30k_en_de PARALLEL="${PARALLEL:-8}"
 exec "$RECIPE_DIR/../lib/sweep.sh" "${GRID[@]}"

@@ -7,11 +7,7 @@
 # usage: HEADS=collab KEY_DIM=128 SEED=1 recipes/multi30k_en_de/train.sh
 #        HEADS=transformer recipes/multi30k_en_de/train.sh        (fairseq's transformer, the baseline)
 set -euo pipefail
-export DATA="${DATA:-work/multi30k_en_de/bin}"
-export HEADS="${HEADS:-collab}" SEED="${SEED:-1}"
-[[ "$HEADS" == transformer ]] || export KEY_DIM="${KEY_DIM:-128}"
-export SAVE_DIR="${SAVE_DIR:-work/multi30k_en_de/runs/${HEADS}${KEY_DIM:+_dk$KEY_DIM}_s$SEED}"
-export ARCH_FAMILY=iwslt_de_en
+export CORPUS=multi30k_en_de ARCH_FAMILY=iwslt_de_en
 export MAX_UPDATE="${MAX_UPDATE:-1800}" LR="${LR:-1e-3}" WARMUP="${WARMUP:-1000}" DROPOUT="${DROPOUT:-0.3}"
 export WEIGHT_DECAY="${WEIGHT_DECAY:-0.0001}" MAX_TOKENS="${MAX_TOKENS:-8192}" TOKENS_PER_UPDATE="${TOKENS_PER_UPDATE:-8192}"
 exec "$(dirname "$0")/../lib/train.sh"

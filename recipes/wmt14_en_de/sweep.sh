@@ -6,6 +6,5 @@
 set -euo pipefail
 GRID=("$@")
 [[ ${#GRID[@]} -gt 0 ]] || GRID=(transformer:512:1 concat:128:1 collab:512:1 collab:256:1 collab:128:1 collab:64:1)
-export RECIPE_DIR="$(cd "$(dirname "$0")" && pwd)" RUNS_DIR="${RUNS_DIR:-work/wmt14_en_de/runs}" PARALLEL=1
-export TABLE="${TABLE:-results/wmt14_en_de_table.md}" PLOT="${PLOT:-results/wmt14_en_de.png}"
+export RECIPE_DIR="$(cd "$(dirname "$0")" && pwd)" CORPUS=wmt14_en_de PARALLEL=1
 exec "$RECIPE_DIR/../lib/sweep.sh" "${GRID[@]}"

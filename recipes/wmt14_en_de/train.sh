@@ -10,11 +10,7 @@
 #        HEADS=transformer recipes/wmt14_en_de/train.sh            (fairseq's transformer_wmt_en_de)
 #   env: DATA (work/wmt14_en_de/bin), SAVE_DIR, MAX_UPDATE (100000), ATTENTIONS, MIXING_INIT, EXTRA
 set -euo pipefail
-export DATA="${DATA:-work/wmt14_en_de/bin}"
-export HEADS="${HEADS:-collab}" SEED="${SEED:-1}"
-[[ "$HEADS" == transformer ]] || export KEY_DIM="${KEY_DIM:-128}"
-export SAVE_DIR="${SAVE_DIR:-work/wmt14_en_de/runs/${HEADS}${KEY_DIM:+_dk$KEY_DIM}_s$SEED}"
-export ARCH_FAMILY=wmt_en_de
+export CORPUS=wmt14_en_de ARCH_FAMILY=wmt_en_de
 export MAX_UPDATE="${MAX_UPDATE:-100000}" LR="${LR:-7e-4}" WARMUP="${WARMUP:-4000}" DROPOUT="${DROPOUT:-0.1}"
 export MAX_TOKENS="${MAX_TOKENS:-4096}" TOKENS_PER_UPDATE="${TOKENS_PER_UPDATE:-32768}"
 # keep update checkpoints for averaging (evaluate.sh averages the last 5)
