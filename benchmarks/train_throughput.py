@@ -2,7 +2,8 @@
 
 Runs ``fairseq-train`` once per configuration, one after the other, on the same binarized data with the
 same flags, and reports target words/s (fairseq's ``wps``, median over the logging intervals after the
-warm-up updates) as a ratio to the first configuration (the baseline).
+warm-up updates) and peak GPU memory (torch.cuda.max_memory_allocated at exit) as ratios to the first
+configuration (the baseline). ``COLLAB_FAIRSEQ_ATTENTION=bmm`` in a config's ENV picks our other kernel.
 
     python benchmarks/train_throughput.py DATA_BIN --out results/throughput_wmt_en_de.json \
         --config "transformer:--arch transformer_wmt_en_de" \
@@ -27,20 +28,34 @@ COMMON = (
     "--no-progress-bar"
 )
 WPS = re.compile(r"wps=([\d.]+).*num_updates=(\d+)")
+PEAK = re.compile(r"PEAK_CUDA_BYTES (\d+)")
+# fairseq-train in this process, printing the peak GPU memory when it exits
+WRAPPER = (
+    "import atexit, runpy, sys, torch; "
+    "atexit.register(lambda: print('PEAK_CUDA_BYTES', torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)); "
+    "sys.argv = ['fairseq-train'] + sys.argv[1:]; runpy.run_module('fairseq_cli.train', run_name='__main__')"
+)
 
 
 def measure(data, name, flags, max_update, warmup, user_dir):
-    cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", user_dir, "--max-update", str(max_update)]
-    cmd += shlex.split(COMMON) + shlex.split(flags)
+    env = dict(os.environ)
+    words = shlex.split(flags)
+    while words and "=" in words[0] and not words[0].startswith("-"):  # leading VAR=value settings
+        var, _, value = words.pop(0).partition("=")
+        env[var] = value
+    cmd = [sys.executable, "-c", WRAPPER, data, "--user-dir", user_dir, "--max-update", str(max_update)]
+    cmd += shlex.split(COMMON) + words
     start = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}")
     samples = [float(m.group(1)) for m in WPS.finditer(proc.stdout) if int(m.group(2)) > warmup]
     if not samples:
         raise RuntimeError(f"{name}: no wps lines after update {warmup}; raise --max-update")
     params = re.search(r"num\. shared model params: ([\d,]+)", proc.stdout)
+    peak = PEAK.search(proc.stdout)
     return {
+        "peak_gpu_bytes": int(peak.group(1)) if peak else None,
         "name": name,
         "flags": flags,
         "wps_median": statistics.median(samples),
@@ -67,14 +82,21 @@ def main():
     base = rows[0]["wps_median"]
     for row in rows:
         row["ratio"] = row["wps_median"] / base
+        if rows[0]["peak_gpu_bytes"] and row["peak_gpu_bytes"]:
+            row["memory_ratio"] = row["peak_gpu_bytes"] / rows[0]["peak_gpu_bytes"]
     if args.out:
         tmp = tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.out)), delete=False)
         json.dump({"rows": rows, "common_flags": COMMON, "max_update": args.max_update}, tmp, indent=1)
         tmp.close()
         os.replace(tmp.name, args.out)
-    print("| config | params | target words/s | ratio |\n|---|---|---|---|")
+    print("| config | params | target words/s | speed ratio | peak GPU memory GiB | memory ratio |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['name']} | {row['params']:,} | {row['wps_median']:,.0f} | {row['ratio']:.3f} |")
+        gib = (row["peak_gpu_bytes"] or 0) / 2**30
+        print(
+            f"| {row['name']} | {row['params']:,} | {row['wps_median']:,.0f} | {row['ratio']:.3f} "
+            f"| {gib:.2f} | {row.get('memory_ratio', float('nan')):.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -125,7 +125,13 @@ def test_incremental_cross_attention_computes_static_keys_once():
     query, key, padding = _inputs("cross", tgt_len=5)
     full, _ = layer(query, key, key, key_padding_mask=padding, static_kv=True)
     calls = []
-    layer.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    fused_linear = layer._fused_linear
+
+    def counting(x, projections):
+        calls.extend(1 for p in projections if p is layer.k_proj)
+        return fused_linear(x, projections)
+
+    layer._fused_linear = counting
     state = {}
     steps = [
         layer(query[t : t + 1], key, key, key_padding_mask=padding, incremental_state=state, static_kv=True)[0]

@@ -105,6 +105,7 @@ BAD_INPUTS = [
     (["--collab-attentions", "encoder_self,cross"], "unknown attention(s) cross"),
     (["--collab-mixing-init", "zeros"], "invalid choice: 'zeros'"),
     (["--collab-mode", "grouped"], "invalid choice: 'grouped'"),
+    (["--collab-mixing-lr-scale", "-0.5"], "mixing learning-rate scale must be >= 0"),
 ]
 
 

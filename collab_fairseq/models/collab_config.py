@@ -45,6 +45,17 @@ class CollabAttentionConfig(FairseqDataclass):
             "normal (N(0, 1/H)), xavier (xavier_uniform, as the authors' fairseq code)"
         },
     )
+    collab_mixing_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "the mixing matrix learns this many times slower than the other weights (parametrised as "
+            "M = scale * P, so Adam's step on M is scale * lr); 0 freezes it at its initial value"
+        },
+    )
+    collab_no_content_bias: bool = field(
+        default=False,
+        metadata={"help": "drop the per-head key-dependent content bias c_h(y) = y W_C of collaborative heads"},
+    )
 
 
 def set_collab_defaults(args) -> None:
@@ -77,6 +88,8 @@ def validate_collab_args(args) -> None:
         num_heads, embed_dim = heads[name]
         key_dim = args.collab_key_dim if args.collab_key_dim is not None else embed_dim
         try:
-            check_key_dim(key_dim, num_heads, str(args.collab_mode), str(args.collab_mixing_init))
+            check_key_dim(
+                key_dim, num_heads, str(args.collab_mode), str(args.collab_mixing_init), args.collab_mixing_lr_scale
+            )
         except ValueError as err:
             raise ValueError(f"{name} attention: {err}") from None

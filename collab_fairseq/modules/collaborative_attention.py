@@ -32,6 +32,7 @@ bias (B x H x S), the values (B x H x S x d_v) and the key padding mask (B x S).
 """
 
 import math
+import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -44,11 +45,27 @@ from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 MODES = ("collaborative", "concatenate")
+IMPLEMENTATIONS = ("sdpa", "bmm")
 MIXING_INITS = ("concatenate", "normal", "xavier")
 
 
-def check_key_dim(key_dim: int, num_heads: int, mode: str, mixing_init: str) -> None:
+def default_implementation() -> str:
+    """Attention kernel when no weights are returned: 'bmm' (one batched GEMM of all heads' queries against
+    the shared keys, then softmax; the default, fastest in fairseq training, results/performance.md) or 'sdpa'
+    (torch's fused attention with the content bias and padding as a float mask); env COLLAB_FAIRSEQ_ATTENTION."""
+    impl = os.environ.get("COLLAB_FAIRSEQ_ATTENTION", "bmm")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"COLLAB_FAIRSEQ_ATTENTION={impl!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
+    return impl
+
+
+def check_key_dim(key_dim: int, num_heads: int, mode: str, mixing_init: str, mixing_lr_scale: float = 1.0) -> None:
     """Raise ValueError (naming the fix) if this layer cannot be built."""
+    if not mixing_lr_scale >= 0.0:  # also rejects NaN
+        raise ValueError(
+            f"mixing learning-rate scale must be >= 0 (0 freezes the mixing), got {mixing_lr_scale!r} "
+            "(e.g. --collab-mixing-lr-scale 0.1)"
+        )
     if mode not in MODES:
         raise ValueError(f"unknown collaborative attention mode {mode!r}; choose one of {', '.join(MODES)}")
     if mixing_init not in MIXING_INITS:
@@ -97,6 +114,9 @@ class CollaborativeMultiheadAttention(nn.Module):
         mode: "collaborative" (shared projections + mixing) or "concatenate"
             (standard heads with per-head d_k = D_k / H).
         mixing_init: "concatenate" | "normal" | "xavier" (collaborative mode only).
+        mixing_lr_scale: the mixing matrix learns this many times slower than the other weights under
+            Adam-like optimizers (parametrised as M = scale * P, P the stored parameter); 0 freezes it.
+        content_bias: keep the per-head key-dependent bias c(y) = y W_C (collaborative mode only).
     """
 
     def __init__(
@@ -117,13 +137,15 @@ class CollaborativeMultiheadAttention(nn.Module):
         key_dim: int,
         mode: str = "collaborative",
         mixing_init: str = "concatenate",
+        mixing_lr_scale: float = 1.0,
+        content_bias: bool = True,
     ):
         super().__init__()
         if add_bias_kv or add_zero_attn:
             raise ValueError("CollaborativeMultiheadAttention does not support add_bias_kv / add_zero_attn")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        check_key_dim(key_dim, num_heads, mode, mixing_init)
+        check_key_dim(key_dim, num_heads, mode, mixing_init, mixing_lr_scale)
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
@@ -143,13 +165,18 @@ class CollaborativeMultiheadAttention(nn.Module):
         self.k_proj = quant_noise(nn.Linear(self.kdim, key_dim, bias=qk_bias), q_noise, qn_block_size)
         self.v_proj = quant_noise(nn.Linear(self.vdim, embed_dim, bias=bias), q_noise, qn_block_size)
         self.out_proj = quant_noise(nn.Linear(embed_dim, embed_dim, bias=bias), q_noise, qn_block_size)
+        self.mixing_lr_scale = float(mixing_lr_scale)
         if self.collaborative:
-            self.mixing = nn.Parameter(torch.empty(num_heads, key_dim))
-            self.content_bias = nn.Linear(self.kdim, num_heads, bias=False)
+            # Stored as P with M = mixing_lr_scale * P: Adam steps P by ~lr, so M moves scale * lr per step.
+            self.mixing = nn.Parameter(torch.empty(num_heads, key_dim), requires_grad=self.mixing_lr_scale > 0)
+            self.content_bias = nn.Linear(self.kdim, num_heads, bias=False) if content_bias else None
         else:
             self.register_parameter("mixing", None)
             self.content_bias = None
         self.mixing_init = mixing_init
+        # one GEMM for all input projections of the same input (quant-noise hooks need the separate ones)
+        self.fuse_projections = q_noise == 0
+        self.implementation = default_implementation()
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -161,31 +188,75 @@ class CollaborativeMultiheadAttention(nn.Module):
             if proj.bias is not None:
                 nn.init.constant_(proj.bias, 0.0)
         if self.collaborative:
-            init_mixing_(self.mixing, self.mixing_init)
-            nn.init.zeros_(self.content_bias.weight)
+            self.set_mixing_(init_mixing_(torch.empty_like(self.mixing), self.mixing_init))
+            if self.content_bias is not None:
+                nn.init.zeros_(self.content_bias.weight)
+
+    def mixing_matrix(self) -> Tensor:
+        """The mixing matrix M (H x D_k) the scores use."""
+        if self.mixing_lr_scale in (0.0, 1.0):
+            return self.mixing
+        return self.mixing * self.mixing_lr_scale
+
+    @torch.no_grad()
+    def set_mixing_(self, mixing: Tensor) -> None:
+        """Make :meth:`mixing_matrix` equal ``mixing`` (H x D_k), whatever the learning-rate scale."""
+        scale = self.mixing_lr_scale if self.mixing_lr_scale > 0 else 1.0
+        self.mixing.copy_(mixing / scale)
 
     def prepare_for_onnx_export_(self):
         self.onnx_trace = True
 
     # ------------------------------------------------------------------ projections
-    def _keys(self, key: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """S x B x C -> shared keys B x S x D_k and content bias B x H x S (None in concatenate mode)."""
-        k = self.k_proj(key).transpose(0, 1)
-        bias = self.content_bias(key).permute(1, 2, 0) if self.collaborative else None
-        return k, bias
+    def _fused_linear(self, x: Tensor, projections) -> Tuple[Tensor, ...]:
+        """Apply several Linear layers that read the same input with one GEMM; returns their outputs."""
+        if not self.fuse_projections or len(projections) == 1:
+            return tuple(proj(x) for proj in projections)
+        sizes = [proj.weight.size(0) for proj in projections]
+        # zero rows up to a multiple of 8 outputs: the slices then start 16-byte aligned, as fp16 GEMMs and
+        # fused attention kernels that read them require (the H-wide content bias would misalign them)
+        pad = -sum(sizes) % 8
+        weights = [proj.weight for proj in projections] + ([x.new_zeros(pad, x.size(-1))] if pad else [])
+        bias = None
+        if any(proj.bias is not None for proj in projections):
+            parts = [p.bias if p.bias is not None else x.new_zeros(n) for p, n in zip(projections, sizes)]
+            bias = torch.cat(parts + ([x.new_zeros(pad)] if pad else []))
+        out = F.linear(x, torch.cat(weights), bias)
+        return out.split(sizes + ([pad] if pad else []), dim=-1)[: len(sizes)]
 
-    def _values(self, value: Tensor) -> Tensor:
-        """S x B x C -> B x H x S x d_v."""
-        src_len, bsz, _ = value.shape
-        return self.v_proj(value).view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+    def _key_projections(self):
+        return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
 
-    def _head_queries(self, query: Tensor) -> Tensor:
-        """T x B x C -> per-head queries B x H x T x d (d = D_k collaborative, D_k/H concatenate)."""
-        tgt_len, bsz, _ = query.shape
-        q = self.q_proj(query)
+    def _project(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor]):
+        """q: T x B x D_k; k: B x S x D_k; key bias: B x H x S (or None); v: B x H x S x d_v (None if no key)."""
+        kv_proj = self._key_projections()
+        if key is None:
+            (q,) = self._fused_linear(query, [self.q_proj])
+            return q, None, None, None
+        if key is query and value is query:
+            q, k, v, *c = self._fused_linear(query, [self.q_proj] + kv_proj)
+        else:
+            (q,) = self._fused_linear(query, [self.q_proj])
+            if value is key:
+                k, v, *c = self._fused_linear(key, kv_proj)
+            else:
+                k, *c = self._fused_linear(key, [p for p in kv_proj if p is not self.v_proj])
+                v = self.v_proj(value)
+        src_len, bsz, _ = v.shape
+        k = k.transpose(0, 1)
+        v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        key_bias = c[0].permute(1, 2, 0).contiguous() if c else None  # fused kernels need a dense mask
+        return q, k, key_bias, v
+
+    def _head_queries(self, q: Tensor, scale: float = 1.0) -> Tensor:
+        """T x B x D_k -> per-head queries B x H x T x d (d = D_k collaborative, D_k/H concatenate), times ``scale``."""
+        tgt_len, bsz, _ = q.shape
         if self.collaborative:
-            # (T, B, 1, D_k) * (H, D_k) -> T x B x H x D_k: head h's re-weighting of the shared query.
-            return (q.unsqueeze(2) * self.mixing.to(q.dtype)).permute(1, 2, 0, 3)
+            # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query, laid out for the GEMM
+            mixing = self.mixing_matrix() * scale if scale != 1.0 else self.mixing_matrix()
+            return q.transpose(0, 1).unsqueeze(1) * mixing.to(q.dtype)[None, :, None, :]
+        if scale != 1.0:
+            q = q * scale
         return q.view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
 
     def _head_keys(self, k: Tensor) -> Tensor:
@@ -234,10 +305,7 @@ class CollaborativeMultiheadAttention(nn.Module):
 
         if self.self_attention:
             key = value = query
-        k = key_bias = v = None
-        if key is not None:
-            k, key_bias = self._keys(key)
-            v = self._values(value)
+        q, k, key_bias, v = self._project(query, key, value)
 
         if saved_state is not None:
             k, key_bias, v, key_padding_mask = self._update_cache(
@@ -248,12 +316,11 @@ class CollaborativeMultiheadAttention(nn.Module):
         if key_padding_mask is not None and key_padding_mask.dim() == 0:
             key_padding_mask = None
 
-        q = self._head_queries(query)  # B x H x T x d
         bias = self._score_bias(key_bias, key_padding_mask, attn_mask, q.dtype)  # broadcastable to B x H x T x S
 
-        if not need_weights and not before_softmax:
+        if not need_weights and not before_softmax and self.implementation == "sdpa":
             attn = F.scaled_dot_product_attention(
-                q,
+                self._head_queries(q),
                 self._head_keys(k).expand(bsz, self.num_heads, src_len, -1),
                 v,
                 attn_mask=bias,
@@ -262,7 +329,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             )
             return self._output(attn, tgt_len, bsz), None
 
-        scores = self._scores(q, k) * self.scaling  # B x H x T x S
+        scores = self._scores(self._head_queries(q, self.scaling), k)  # B x H x T x S
         if bias is not None:
             scores = scores + bias
         if before_softmax:
@@ -271,6 +338,8 @@ class CollaborativeMultiheadAttention(nn.Module):
         weights_float = utils.softmax(scores, dim=-1, onnx_trace=self.onnx_trace)
         probs = self.dropout_module(weights_float.type_as(scores))
         attn = self._output(torch.matmul(probs, v), tgt_len, bsz)
+        if not need_weights:
+            return attn, None
 
         weights = weights_float.type_as(scores).transpose(0, 1)  # H x B x T x S
         if not need_head_weights:
@@ -293,14 +362,15 @@ class CollaborativeMultiheadAttention(nn.Module):
     def _score_bias(
         self, key_bias: Optional[Tensor], key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype
     ) -> Optional[Tensor]:
-        """Content bias + padding + attention mask as one additive float tensor (B x H x 1|T x S), or None."""
+        """Content bias + padding + attention mask as one additive float tensor (B x H|1 x 1|T x S), or None."""
         bias = None
         if key_bias is not None:
             bias = key_bias.unsqueeze(2).to(dtype)  # B x H x 1 x S
         if key_padding_mask is not None:
-            pad = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
-            pad = pad.masked_fill(key_padding_mask.to(torch.bool), float("-inf"))[:, None, None, :]
-            bias = pad if bias is None else bias + pad
+            pad = key_padding_mask.to(torch.bool)[:, None, None, :]
+            if bias is None:
+                bias = torch.zeros(pad.shape, dtype=dtype, device=pad.device)
+            bias = bias.masked_fill(pad, float("-inf"))
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
                 attn_mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
@@ -310,7 +380,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             bias = attn_mask if bias is None else bias + attn_mask
         if bias is not None and bias.dim() == 2:
             bias = bias[None, None]
-        return bias
+        return bias if bias is None or bias.stride(-1) == 1 else bias.contiguous()
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""
@@ -366,11 +436,24 @@ class CollaborativeMultiheadAttention(nn.Module):
         return self.set_incremental_state(incremental_state, "attn_state", buffer)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, key_dim={self.key_dim}, heads={self.num_heads}, mixing_init={self.mixing_init}"
+        extra = (
+            ""
+            if not self.collaborative
+            else (
+                f", mixing_init={self.mixing_init}, mixing_lr_scale={self.mixing_lr_scale}, "
+                f"content_bias={self.content_bias is not None}"
+            )
+        )
+        return f"mode={self.mode}, key_dim={self.key_dim}, heads={self.num_heads}{extra}"
 
 
 def attention_parameter_count(
-    embed_dim: int, num_heads: int, key_dim: int, mode: str = "collaborative", kdim: Optional[int] = None
+    embed_dim: int,
+    num_heads: int,
+    key_dim: int,
+    mode: str = "collaborative",
+    kdim: Optional[int] = None,
+    content_bias: bool = True,
 ) -> int:
     """Closed-form parameter count of one CollaborativeMultiheadAttention (biases included, vdim = kdim).
 
@@ -380,5 +463,6 @@ def attention_parameter_count(
     kdim = embed_dim if kdim is None else kdim
     values_and_output = (kdim * embed_dim + embed_dim) + (embed_dim * embed_dim + embed_dim)
     if mode == "collaborative":
-        return embed_dim * key_dim + kdim * key_dim + kdim * num_heads + num_heads * key_dim + values_and_output
+        bias = kdim * num_heads if content_bias else 0
+        return embed_dim * key_dim + kdim * key_dim + bias + num_heads * key_dim + values_and_output
     return embed_dim * key_dim + key_dim + kdim * key_dim + key_dim + values_and_output

@@ -34,6 +34,8 @@ def build_collab_attention(
         key_dim=key_dim if key_dim is not None else embed_dim,
         mode=str(cfg.collab_mode),
         mixing_init=str(cfg.collab_mixing_init),
+        mixing_lr_scale=float(getattr(cfg, "collab_mixing_lr_scale", 1.0)),
+        content_bias=not getattr(cfg, "collab_no_content_bias", False),
     )
 
 

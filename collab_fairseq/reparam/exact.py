@@ -45,9 +45,13 @@ def copy_from_multihead_attention(target: CollaborativeMultiheadAttention, sourc
     if not target.collaborative:
         return target
 
-    init_mixing_(target.mixing, "concatenate")
+    target.set_mixing_(init_mixing_(torch.empty_like(target.mixing), "concatenate"))
     w_k = source.k_proj.weight.view(heads, head_dim, -1)  # H x d_k x D_in
-    if source.q_proj.bias is None:
+    has_query_bias = source.q_proj.bias is not None and bool(source.q_proj.bias.any())
+    if target.content_bias is None:
+        if has_query_bias:
+            raise ValueError("the source has query biases, which need the content bias: build the target with it")
+    elif not has_query_bias:
         target.content_bias.weight.zero_()
     else:
         b_q = source.q_proj.bias.view(heads, 1, head_dim)  # H x 1 x d_k

@@ -3,13 +3,13 @@
 # PARALLEL at a time, then print the table (python -m collab_fairseq.cli.make_table).
 # Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), CORPUS, PARALLEL (1),
 #   RUNS_DIR (work/$CORPUS/runs), TABLE (results/${CORPUS}_table.md), PLOT (results/$CORPUS.png),
-#   TAG (suffix of run names for ablations), plus the corpus train.sh variables.
+#   TAG (suffix of run names for ablations), plus the corpus train.sh variables (EXTRA, WARM_START, MAX_UPDATE ...).
 # Arguments: the grid entries, e.g. transformer:512:1 collab:128:1.
 set -euo pipefail
 : "${RECIPE_DIR:?}"; : "${CORPUS:?}"
 RUNS_DIR="${RUNS_DIR:-work/$CORPUS/runs}"
-TABLE="${TABLE:-results/${CORPUS}_table.md}"
-PLOT="${PLOT:-results/$CORPUS.png}"
+TABLE="${TABLE-results/${CORPUS}_table.md}"  # TABLE= (empty): no table, e.g. for runs launched side by side
+PLOT="${PLOT-results/$CORPUS.png}"
 [[ $# -gt 0 ]] || { echo "usage: $0 HEADS:KEY_DIM:SEED ..." >&2; exit 2; }
 for entry in "$@"; do
   [[ "$entry" =~ ^(transformer|collab|concat):[0-9]+:[0-9]+$ ]] || { echo "error: bad grid entry '$entry' (want HEADS:KEY_DIM:SEED, e.g. collab:128:1)" >&2; exit 2; }
@@ -18,15 +18,17 @@ export PARALLEL="${PARALLEL:-1}" TAG="${TAG:-}" RECIPE_DIR RUNS_DIR
 
 run_one() {  # HEADS:KEY_DIM:SEED
   IFS=: read -r heads key_dim seed <<<"$1"
-  local name="${heads}_dk${key_dim}${TAG}_s${seed}"
+  local tag="$TAG"
+  [[ "$heads" == collab && -n "${WARM_START:-}" && -z "$TAG" ]] && tag="_ws${WARM_START}"  # warm start in the name
+  local name="${heads}_dk${key_dim}${tag}_s${seed}"
   local dir="$RUNS_DIR/$name"
   if [[ -s "$dir/bleu.json" ]]; then echo "[sweep] $name done already" >&2; return 0; fi
   local kd=""; [[ "$heads" == transformer ]] || kd="$key_dim"
   HEADS="$heads" KEY_DIM="$kd" SEED="$seed" SAVE_DIR="$dir" "$RECIPE_DIR/train.sh" >/dev/null
-  META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$TAG\"}" \
+  META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$tag\"}" \
     SAVE_DIR="$dir" "$RECIPE_DIR/evaluate.sh" >/dev/null
   echo "[sweep] $name: $(python3 -c "import json; print(json.load(open('$dir/bleu.json'))['sacrebleu'])") BLEU" >&2
 }
 export -f run_one
 printf '%s\n' "$@" | xargs -P "$PARALLEL" -I{} bash -c 'run_one "$@"' _ {}
-python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" ${TABLE:+--out "$TABLE"} ${PLOT:+--plot "$PLOT"}
+[[ -z "$TABLE" ]] || python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" --out "$TABLE" ${PLOT:+--plot "$PLOT"}

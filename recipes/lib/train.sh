@@ -10,6 +10,10 @@
 #   TOKENS_PER_UPDATE  effective batch in tokens, kept whatever the GPU count (tokens x GPUs x update-freq)
 #   MAX_TOKENS     tokens per GPU per step                 FP16       1 (default) | 0
 #   EXTRA          more fairseq-train flags
+#   WARM_START     U (collab only): the paper's re-parametrization route within the same budget: train fairseq's
+#                  transformer for U updates, collab-reparametrize it to D_k, then train the collaborative model
+#                  for MAX_UPDATE - U updates, continuing the warm-up where it stopped (U < WARMUP)
+#   WARM_START_EXTRA  fairseq-train flags of that transformer phase (EXTRA goes to the collaborative phase)
 # GPUs: every visible GPU (CUDA_VISIBLE_DEVICES) through fairseq's distributed training (NCCL);
 # multi-node via torchrun / SLURM variables, which fairseq reads itself.
 set -euo pipefail
@@ -39,13 +43,30 @@ UPDATE_FREQ=$(( (TOKENS_PER_UPDATE + MAX_TOKENS * WORLD - 1) / (MAX_TOKENS * WOR
 PREC=(); [[ "$FP16" == 1 ]] && PREC=(--fp16)
 
 mkdir -p "$SAVE_DIR"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+if [[ -n "${WARM_START:-}" ]]; then
+  [[ "$HEADS" == collab ]] || { echo "error: WARM_START needs HEADS=collab (got $HEADS)" >&2; exit 2; }
+  (( WARM_START > 0 && WARM_START < WARMUP && WARM_START < MAX_UPDATE )) || {
+    echo "error: WARM_START=$WARM_START must be in (0, min(WARMUP=$WARMUP, MAX_UPDATE=$MAX_UPDATE))" >&2; exit 2; }
+  INIT="$SAVE_DIR/warm_start_dk$KEY_DIM.pt"
+  if [[ ! -s "$SAVE_DIR/checkpoint_last.pt" && ! -s "$INIT" ]]; then
+    MAX_UPDATE="$WARM_START" HEADS=transformer KEY_DIM="" WARM_START="" SAVE_DIR="$SAVE_DIR/warm_start" EXTRA="${WARM_START_EXTRA:-}" \
+      "${BASH_SOURCE[0]}"
+    python3 -m collab_fairseq.cli.reparametrize "$SAVE_DIR/warm_start/checkpoint_last.pt" "$INIT" --key-dim "$KEY_DIM" \
+      --attentions "${ATTENTIONS:-encoder_self,decoder_self,encoder_decoder}" --report "$SAVE_DIR/warm_start/reparametrize.json" --force
+  fi
+  # the single run's schedule from update U on: warm-up from lr(U) = LR * U / WARMUP over the remaining updates
+  WARMUP_INIT_LR=$(python3 -c "print($LR * $WARM_START / $WARMUP)")
+  WARMUP=$((WARMUP - WARM_START)); MAX_UPDATE=$((MAX_UPDATE - WARM_START))
+  EXTRA="${EXTRA:-} --finetune-from-model $INIT"
+  [[ -s "$SAVE_DIR/checkpoint_last.pt" ]] && EXTRA="${EXTRA% --finetune-from-model *}"
+fi
 echo "[train] $HEADS D_k=${KEY_DIM:-full} seed=$SEED: $WORLD GPU(s) x $MAX_TOKENS tokens x update-freq $UPDATE_FREQ" \
      "= $((WORLD * MAX_TOKENS * UPDATE_FREQ)) tokens/update (target $TOKENS_PER_UPDATE) -> $SAVE_DIR" >&2
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck disable=SC2086
 exec python3 -m fairseq_cli.train "$DATA" --user-dir "$REPO/collab_fairseq" "${MODEL[@]}" \
   --share-all-embeddings --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm "${CLIP_NORM:-0.0}" \
-  --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07 \
+  --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr "${WARMUP_INIT_LR:-1e-07}" \
   --dropout "$DROPOUT" --weight-decay "${WEIGHT_DECAY:-0.0}" \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
   --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAX_UPDATE" "${PREC[@]}" \

@@ -1,0 +1,168 @@
+"""One self-attention layer, forward + backward: fairseq's MultiheadAttention against collaborative heads.
+
+Rows (E=512, H=8, training mode, key padding, autocast): fairseq MultiheadAttention (the baseline),
+a naive collaborative layer written like the authors' code (per-head keys materialised, explicit
+softmax), and ours with each kernel (sdpa: torch's fused attention; bmm: one GEMM of all heads'
+queries against the shared keys), at D_k in {512, 256, 128, 64} and several (sentences x tokens).
+Before timing, each of our paths is checked against the naive formulation on the same weights and
+inputs (outputs and gradients); a path that disagrees is not timed. Also measures the incremental
+decoding key cache (bytes per sentence per step) against fairseq's.
+
+    python benchmarks/attention_layer.py --out results/performance_layer.json
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from fairseq.modules import MultiheadAttention
+
+from collab_fairseq.modules import CollaborativeMultiheadAttention
+
+EMBED, HEADS = 512, 8
+
+
+def naive_collab(layer: CollaborativeMultiheadAttention, x, padding):
+    """The paper-code formulation: per-head copies of the keys, explicit scores + content bias + softmax."""
+    tgt, bsz, _ = x.shape
+    q, k, v = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
+    mixed_q = q.transpose(0, 1)[:, None] * layer.mixing_matrix()[None, :, None, :]  # B H T D_k
+    keys = k.transpose(0, 1)[:, None].expand(-1, HEADS, -1, -1).contiguous()  # B H S D_k, one copy per head
+    scores = torch.matmul(mixed_q, keys.transpose(-1, -2)) * layer.scaling
+    scores = scores + layer.content_bias(x).permute(1, 2, 0)[:, :, None, :]
+    scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+    probs = F.softmax(scores.float(), dim=-1).type_as(scores)
+    vh = v.view(tgt, bsz, HEADS, -1).permute(1, 2, 0, 3)
+    out = torch.matmul(probs, vh).permute(2, 0, 1, 3).reshape(tgt, bsz, EMBED)
+    return layer.out_proj(out)
+
+
+def timed(fn, x, iters, warmup=5):
+    """Median milliseconds of fn(x) forward + backward."""
+    times = []
+    for i in range(warmup + iters):
+        x.grad = None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(x).float().pow(2).mean().backward()
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def agree(layer, impl, x, padding, dtype, tol):
+    """Relative error of our path vs the naive formulation (output and every gradient)."""
+
+    def run(fn):
+        layer.zero_grad()
+        xx = x.detach().clone().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype):
+            out = fn(xx)
+        out.float().pow(2).mean().backward()
+        return [out.float()] + [p.grad.float().clone() for p in layer.parameters() if p.grad is not None]
+
+    layer.implementation = impl
+    ours = run(lambda xx: layer(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0])
+    ref = run(lambda xx: naive_collab(layer, xx, padding))
+    err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(ours, ref))
+    return err, err <= tol
+
+
+def cache_bytes(layer, steps=10, bsz=4):
+    """Bytes of the cached keys (+ content bias) per sentence after ``steps`` incremental decoding steps."""
+    state = {}
+    x = torch.randn(1, bsz, EMBED, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        for _ in range(steps):
+            layer(x, x, x, incremental_state=state)
+    buf = layer._get_input_buffer(state)
+    keys = [buf[name] for name in ("prev_key", "prev_key_bias") if buf.get(name) is not None]
+    return sum(t.numel() * t.element_size() for t in keys) / bsz / steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="256x32,64x128,16x512", help="SENTENCESxTOKENS, comma-separated")
+    p.add_argument("--key-dims", default="512,256,128,64")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--out")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("attention_layer.py times CUDA kernels: run it on a GPU machine")
+    dtype = getattr(torch, args.dtype)
+    tol = {"bfloat16": 3e-2, "float16": 5e-3}[args.dtype]
+    rows, cache = [], []
+    for shape in args.shapes.split(","):
+        bsz, tokens = map(int, shape.split("x"))
+        torch.manual_seed(0)
+        x = torch.randn(tokens, bsz, EMBED, device="cuda", requires_grad=True)
+        lengths = torch.randint(tokens // 2, tokens + 1, (bsz,), device="cuda")
+        padding = torch.arange(tokens, device="cuda")[None, :] >= lengths[:, None]
+        base = MultiheadAttention(EMBED, HEADS, self_attention=True).cuda().train()
+
+        def run_base(xx):
+            with torch.autocast("cuda", dtype=dtype):
+                return base(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0]
+
+        base_ms = timed(run_base, x, args.iters)
+        rows.append(
+            {"shape": shape, "layer": "fairseq MultiheadAttention", "key_dim": EMBED, "ms": base_ms, "ratio": 1.0}
+        )
+        for key_dim in map(int, args.key_dims.split(",")):
+            layer = CollaborativeMultiheadAttention(EMBED, HEADS, self_attention=True, key_dim=key_dim).cuda().train()
+            with torch.no_grad():
+                layer.content_bias.weight.normal_(0, 0.02)
+                layer.set_mixing_(layer.mixing_matrix() + 0.1 * torch.randn_like(layer.mixing))
+
+            def run_naive(xx):
+                with torch.autocast("cuda", dtype=dtype):
+                    return naive_collab(layer, xx, padding)
+
+            ms = timed(run_naive, x, args.iters)
+            rows.append(
+                {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms}
+            )
+            for impl in ("sdpa", "bmm"):
+                err, ok = agree(layer, impl, x, padding, dtype, tol)
+                row = {"shape": shape, "layer": f"ours ({impl})", "key_dim": key_dim, "max_rel_error": err}
+                if ok:
+                    layer.implementation = impl
+
+                    def run_ours(xx):
+                        with torch.autocast("cuda", dtype=dtype):
+                            return layer(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0]
+
+                    row["ms"] = timed(run_ours, x, args.iters)
+                    row["ratio"] = base_ms / row["ms"]
+                else:
+                    row["refused"] = f"disagrees with the naive formulation (rel. error {err:.2e} > {tol})"
+                rows.append(row)
+                print(row, file=sys.stderr, flush=True)
+    for key_dim in map(int, args.key_dims.split(",")):
+        ours = CollaborativeMultiheadAttention(EMBED, HEADS, self_attention=True, key_dim=key_dim).cuda().half().eval()
+        base = MultiheadAttention(EMBED, HEADS, self_attention=True).cuda().half().eval()
+        b, o = cache_bytes(base), cache_bytes(ours)
+        cache.append({"key_dim": key_dim, "fairseq_bytes": b, "ours_bytes": o, "ratio": o / b})
+    result = {"dtype": args.dtype, "embed_dim": EMBED, "heads": HEADS, "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "rows": rows, "key_cache": cache}  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print("| sentences x tokens | layer | D_k | fwd+bwd ms | speed vs fairseq |\n|---|---|---|---|---|")
+    for r in rows:
+        speed = f"{r['ratio']:.2f}x" if "ratio" in r else r.get("refused", "")
+        ms = f"{r['ms']:.3f}" if "ms" in r else "-"
+        print(f"| {r['shape']} | {r['layer']} | {r['key_dim']} | {ms} | {speed} |")
+    print("\n| D_k | key cache bytes/sentence/step, fairseq | ours | ratio |\n|---|---|---|---|")
+    for c in cache:
+        print(f"| {c['key_dim']} | {c['fairseq_bytes']:.0f} | {c['ours_bytes']:.0f} | {c['ratio']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Beam search speed of transformer_collab against fairseq's transformer, measured side by side.
+
+Each configuration is built (``fairseq-train`` for one update, so both models have real weights and a
+checkpoint) and then translates the same test set with ``fairseq-generate`` (beam 5, batch 128, fp16).
+Every hypothesis is forced to exactly --length target tokens (min-len = max-len), so the work is the
+same whatever the models learnt; the long case uses a longer forced length. Reported: sentences/s and
+generated tokens/s (median of --repeats runs), as ratios to the first configuration.
+
+    python benchmarks/beam_search.py DATA_BIN --out results/performance_beam.json \\
+        --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
+        --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128"
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+
+USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
+TRAIN = (
+    "--share-all-embeddings --optimizer adam --lr 1e-4 --criterion label_smoothed_cross_entropy --fp16 "
+    "--max-tokens 4096 --max-update 1 --disable-validation --no-epoch-checkpoints --no-last-checkpoints "
+    "--save-interval-updates 1 --log-format simple --no-progress-bar"
+)
+SPEED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
+
+
+def run(cmd, env=None):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stdout[-3000:]}")
+    return proc.stdout
+
+
+def split_env(flags):
+    """'VAR=value --flag ...' -> (environment with VAR set, ['--flag', ...])."""
+    env, words = dict(os.environ), shlex.split(flags)
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        var, _, value = words.pop(0).partition("=")
+        env[var] = value
+    return env, words
+
+
+def build(data, flags, save_dir):
+    env, words = split_env(flags)
+    run([sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, "--save-dir", save_dir,
+         *shlex.split(TRAIN), *words], env=env)  # fmt: skip
+    return os.path.join(save_dir, "checkpoint_1_1.pt"), env
+
+
+def translate(data, ckpt, length, batch, beam, subset, env=None):
+    out = run([
+        sys.executable, "-m", "fairseq_cli.generate", data, "--user-dir", USER_DIR, "--path", ckpt,
+        "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch), "--fp16", "--quiet",
+        "--min-len", str(length), "--max-len-a", "0", "--max-len-b", str(length), "--required-batch-size-multiple", "1",
+    ], env=env)  # fmt: skip
+    m = SPEED.search(out)
+    sentences, tokens, seconds = int(m.group(1).replace(",", "")), int(m.group(2).replace(",", "")), float(m.group(3))
+    return sentences / seconds, tokens / seconds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data")
+    p.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")
+    p.add_argument("--lengths", default="30,200", help="forced target lengths: normal and long case")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--subset", default="test")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out")
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpts = []
+        for i, spec in enumerate(args.config):
+            name, _, flags = spec.partition(":")
+            ckpts.append((name, build(args.data, flags, os.path.join(tmp, str(i)))))
+        for length in map(int, args.lengths.split(",")):
+            for name, (ckpt, env) in ckpts:
+                runs = [
+                    translate(args.data, ckpt, length, args.batch_size, args.beam, args.subset, env)
+                    for _ in range(args.repeats)
+                ]
+                sps = statistics.median(r[0] for r in runs)
+                tps = statistics.median(r[1] for r in runs)
+                rows.append({"config": name, "length": length, "sentences_per_s": sps, "tokens_per_s": tps})
+                print(rows[-1], file=sys.stderr, flush=True)
+    for row in rows:
+        base = next(r for r in rows if r["length"] == row["length"])
+        row["ratio"] = row["sentences_per_s"] / base["sentences_per_s"]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"beam": args.beam, "batch_size": args.batch_size, "rows": rows}, f, indent=1)
+    print("| target length | config | sentences/s | tokens/s | speed ratio |\n|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['length']} | {r['config']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['ratio']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Checkpoint-level re-parametrization: a fairseq ``transformer`` (or concatenated-heads
+``transformer_collab``) checkpoint -> a ``transformer_collab`` checkpoint with collaborative heads.
+
+Works on the state dict alone (no data or task needed). Attention layers are found by name:
+``encoder.layers.N.self_attn`` (encoder_self), ``decoder.layers.N.self_attn`` (decoder_self),
+``decoder.layers.N.encoder_attn`` (encoder_decoder).
+"""
+
+import argparse
+import copy
+import os
+import re
+import tempfile
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from collab_fairseq.models.collab_config import ATTENTIONS, parse_attentions
+from collab_fairseq.needs_user_dir import TransformerCollabArgs
+from collab_fairseq.reparam.cp import AttentionWeights, CollaborativeWeights, reparametrize_attention
+
+FAIRSEQ_ARCHS = {
+    "transformer": "transformer_collab",
+    "transformer_iwslt_de_en": "transformer_collab_iwslt_de_en",
+    "transformer_wmt_en_de": "transformer_collab_wmt_en_de",
+    "transformer_vaswani_wmt_en_de_big": "transformer_collab_vaswani_wmt_en_de_big",
+    "transformer_wmt_en_de_big": "transformer_collab_wmt_en_de_big",
+}
+_LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.q_proj\.weight$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted; the message names the problem and the fix."""
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a fairseq checkpoint with torch's safe loading (fairseq's objects are allowlisted on import)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as err:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(
+            f"cannot read {path} as a fairseq checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+            "it may be truncated or corrupted: copy it again, or pick checkpoint_best.pt / checkpoint_last.pt"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def model_args(state: dict) -> argparse.Namespace:
+    """The model's argparse arguments as the checkpoint stores them (cfg['model'] or, older, args)."""
+    cfg = state.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, dict) or hasattr(cfg, "get") else None
+    if args is None:
+        args = state.get("args")
+    if not isinstance(args, argparse.Namespace):
+        raise CheckpointError(
+            "the checkpoint stores no argparse model arguments (a hydra-only model?): only fairseq's legacy "
+            "transformer and transformer_collab checkpoints can be converted"
+        )
+    return args
+
+
+def attention_layers(state_dict: Dict[str, torch.Tensor]) -> Dict[str, str]:
+    """{state-dict prefix: attention kind} of every attention layer in the model."""
+    kinds = {("encoder", "self_attn"): "encoder_self", ("decoder", "self_attn"): "decoder_self"}
+    kinds[("decoder", "encoder_attn")] = "encoder_decoder"
+    found = {}
+    for key in state_dict:
+        m = _LAYER.match(key)
+        if m:
+            found[key[: -len(".q_proj.weight")]] = kinds[(m.group(1), m.group(3))]
+    return dict(sorted(found.items(), key=lambda kv: (kv[0].startswith("decoder"), int(kv[0].split(".")[2]), kv[0])))
+
+
+def target_arch(args: argparse.Namespace) -> str:
+    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
+    if arch in FAIRSEQ_ARCHS:
+        return FAIRSEQ_ARCHS[arch]
+    if arch in FAIRSEQ_ARCHS.values():
+        if str(getattr(args, "collab_mode", "")) != "concatenate":
+            raise CheckpointError(
+                f"the checkpoint is already a collaborative {arch} model: convert the transformer it came from, "
+                "or a --collab-mode concatenate one"
+            )
+        return arch
+    raise CheckpointError(
+        f"unsupported architecture {arch!r}: collab-reparametrize converts {', '.join(FAIRSEQ_ARCHS)} "
+        "and transformer_collab* models trained with --collab-mode concatenate"
+    )
+
+
+def reparametrize_checkpoint(
+    state: dict,
+    key_dim: int,
+    attentions: Optional[List[str]] = None,
+    n_iter: int = 200,
+    device: str = "cpu",
+    mixing_lr_scale: float = 1.0,
+    progress: Callable = lambda it, **kw: it,
+) -> (dict, List[dict]):
+    """Return (new checkpoint state, per-layer report) with the chosen attentions collaborative at ``key_dim``.
+
+    Report rows: {"layer", "attention", "relative_error", "seconds"}.
+    """
+    args = model_args(state)
+    arch = target_arch(args)
+    attentions = list(ATTENTIONS) if attentions is None else attentions
+    source_collab = set(parse_attentions(getattr(args, "collab_attentions", ""))) if arch == args.arch else set()
+    if not source_collab <= set(attentions):
+        raise CheckpointError(
+            f"the checkpoint's concatenated-heads attentions {sorted(source_collab)} must all be converted: "
+            f"add them to --attentions (one model has one kind of reduced heads)"
+        )
+    heads = {
+        "encoder_self": args.encoder_attention_heads,
+        "decoder_self": args.decoder_attention_heads,
+        "encoder_decoder": args.decoder_attention_heads,
+    }
+    old = state["model"]
+    new = dict(old)
+    report = []
+    layers = [(p, k) for p, k in attention_layers(old).items() if k in attentions]
+    if not layers:
+        raise CheckpointError(f"no {', '.join(attentions)} attention layers in the checkpoint")
+    for prefix, kind in progress(layers, desc=f"CP rank {key_dim}", unit="layer"):
+        weights = AttentionWeights(
+            q_weight=old[f"{prefix}.q_proj.weight"].to(device, torch.float32),
+            q_bias=_maybe(old.get(f"{prefix}.q_proj.bias"), device),
+            k_weight=old[f"{prefix}.k_proj.weight"].to(device, torch.float32),
+            num_heads=heads[kind],
+        )
+        try:
+            collab = reparametrize_attention(weights, key_dim, n_iter=n_iter)
+        except ValueError as err:
+            raise CheckpointError(f"{prefix}: {err}") from None
+        _write_layer(new, prefix, collab, old[f"{prefix}.q_proj.weight"].dtype, mixing_lr_scale)
+        report.append(
+            {"layer": prefix, "attention": kind, "relative_error": collab.relative_error, "seconds": collab.seconds}
+        )
+
+    new_args = TransformerCollabArgs(**copy.deepcopy(vars(args)))
+    new_args.arch = new_args._name = arch
+    new_args.collab_key_dim = key_dim
+    new_args.collab_mode = "collaborative"
+    new_args.collab_attentions = ",".join(a for a in ATTENTIONS if a in attentions)
+    new_args.collab_mixing_init = "concatenate"
+    new_args.collab_mixing_lr_scale = mixing_lr_scale
+    new_args.collab_no_content_bias = False
+
+    out = {k: v for k, v in state.items() if k not in ("last_optimizer_state", "model")}
+    out["model"] = new
+    if out.get("cfg") is not None:
+        out["cfg"] = copy.copy(out["cfg"])
+        out["cfg"]["model"] = new_args
+    if out.get("args") is not None:
+        out["args"] = new_args
+    out["extra_state"] = dict(
+        out.get("extra_state") or {}, collab_reparametrized={"key_dim": key_dim, "layers": report}
+    )
+    return out, report
+
+
+def _maybe(t, device):
+    return None if t is None else t.to(device, torch.float32)
+
+
+def _write_layer(sd: dict, prefix: str, w: CollaborativeWeights, dtype, mixing_lr_scale: float):
+    for name in ("q_proj.bias", "k_proj.bias"):
+        sd.pop(f"{prefix}.{name}", None)
+    scale = mixing_lr_scale if mixing_lr_scale > 0 else 1.0
+    sd[f"{prefix}.q_proj.weight"] = w.q_weight.to("cpu", dtype)
+    sd[f"{prefix}.k_proj.weight"] = w.k_weight.to("cpu", dtype)
+    sd[f"{prefix}.mixing"] = (w.mixing / scale).to("cpu", dtype)
+    sd[f"{prefix}.content_bias.weight"] = w.content_bias.to("cpu", dtype)
+
+
+def save_atomically(state: dict, path: str, force: bool = False) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    if os.path.exists(path) and not force:
+        raise CheckpointError(f"{path} exists: choose another output path, or pass --force to overwrite it")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,146 @@
+"""collab-reparametrize / collab-analyze: exactness at full D_k, CP reconstruction, low-rank conversion, bad input."""
+
+import argparse
+
+import pytest
+import torch
+from fairseq import checkpoint_utils, tasks
+
+from collab_fairseq.cli import analyze, reparametrize
+from collab_fairseq.reparam.cp import AttentionWeights, cp_decompose, head_products, reparametrize_attention
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
+
+HEADS, EMBED = 4, 64
+
+
+@pytest.fixture(scope="module")
+def transformer_run(copy_data, tmp_path_factory):
+    """fairseq's own transformer (4 heads of d_k=16, 64 dims), trained a little on the mapped-copy task."""
+    _, bin_dir = copy_data
+    run = tmp_path_factory.mktemp("transformer")
+    run_cli(
+        "train", bin_dir, "--arch", "transformer_iwslt_de_en", "--save-dir", run, *TINY_MODEL, *TRAIN_FLAGS,
+        "--max-update", "30", "--share-all-embeddings",
+    )  # fmt: skip
+    return run / "checkpoint_last.pt"
+
+
+def _outputs(ckpt, bin_dir):
+    """Decoder output (log-probs) of the checkpoint's model on a fixed batch, float32, eval mode."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))
+    args = state["cfg"]["model"]
+    task = tasks.setup_task(argparse.Namespace(**{**vars(args), "data": str(bin_dir), "task": "translation"}))
+    model = task.build_model(args)
+    model.load_state_dict(state["model"], strict=True)
+    model.float().eval()
+    torch.manual_seed(0)
+    src = torch.randint(4, 40, (3, 9))
+    prev = torch.randint(4, 40, (3, 7))
+    with torch.no_grad():
+        return model(src, torch.full((3,), 9), prev)[0]
+
+
+def test_full_key_dim_conversion_gives_the_same_outputs(copy_data, transformer_run, tmp_path):
+    _, bin_dir = copy_data
+    out = tmp_path / "collab64.pt"
+    assert reparametrize.main([str(transformer_run), str(out), "--key-dim", "64", "--device", "cpu"]) == 0
+    state = torch.load(out, map_location="cpu")
+    assert state["cfg"]["model"].arch == "transformer_collab_iwslt_de_en"
+    assert state["model"]["encoder.layers.0.self_attn.mixing"].shape == (HEADS, 64)
+    assert "last_optimizer_state" not in state
+    assert (_outputs(out, bin_dir) - _outputs(transformer_run, bin_dir)).abs().max() <= 1e-5
+
+
+def test_reduced_key_dim_checkpoint_generates_and_fine_tunes(copy_data, transformer_run, tmp_path):
+    _, bin_dir = copy_data
+    out = tmp_path / "collab16.pt"
+    report = tmp_path / "report.json"
+    assert reparametrize.main([str(transformer_run), str(out), "--key-dim", "16", "--report", str(report)]) == 0
+    assert torch.load(out, map_location="cpu")["model"]["decoder.layers.1.encoder_attn.q_proj.weight"].shape == (16, 64)
+    gen = run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
+    assert "Generate test with beam=2" in gen.stdout
+    run_cli(
+        "train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab_iwslt_de_en", "--collab-key-dim", "16",
+        "--finetune-from-model", out, "--save-dir", tmp_path / "ft", *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "3",
+        "--share-all-embeddings",
+    )  # fmt: skip
+    assert (tmp_path / "ft" / "checkpoint_last.pt").exists()
+
+
+def test_decomposition_at_full_rank_reconstructs_the_head_products():
+    torch.manual_seed(0)
+    w = AttentionWeights(torch.randn(24, 20), torch.randn(24), torch.randn(24, 20), num_heads=3)
+    products = head_products(w)
+    mixing, a, b = cp_decompose(products, 24)
+    rebuilt = torch.einsum("hr,ir,jr->hij", mixing, a, b)
+    assert ((rebuilt - products).norm() / products.norm()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("rank", [6, 12, 18])
+def test_low_rank_error_never_exceeds_per_head_truncation(rank):
+    """ALS starts from the per-head truncated SVD (concatenated heads at D_k), so it can only do better."""
+    torch.manual_seed(1)
+    w = AttentionWeights(torch.randn(24, 20), None, torch.randn(24, 20), num_heads=3)
+    products = head_products(w)
+    u, s, vh = torch.linalg.svd(products)
+    k = rank // 3
+    truncated = u[:, :, :k] @ torch.diag_embed(s[:, :k]) @ vh[:, :k, :]
+    truncation_error = ((truncated - products).norm() / products.norm()).item()
+    assert reparametrize_attention(w, rank).relative_error <= truncation_error + 1e-6
+
+
+def test_converted_layer_scores_equal_the_decomposed_products():
+    """score_h(x, y) of the new weights = s_old * x^T CP(P_h) y + content bias, whatever the balancing."""
+    torch.manual_seed(2)
+    w = AttentionWeights(torch.randn(16, 12), torch.randn(16), torch.randn(16, 12), num_heads=2)
+    new = reparametrize_attention(w, 6)
+    x, y = torch.randn(12), torch.randn(12)
+    s_new = (6 / 2) ** -0.5
+    ours = s_new * torch.einsum("r,hr,r->h", new.q_weight @ x, new.mixing, new.k_weight @ y) + new.content_bias @ y
+    mixing, a, b = cp_decompose(head_products(w), 6)
+    expected = w.scaling * torch.einsum("i,hij,j->h", x, torch.einsum("hr,ir,jr->hij", mixing, a, b), y)
+    b_q = w.q_bias.view(2, 1, 8)
+    expected = expected + w.scaling * (torch.bmm(b_q, w.k_weight.view(2, 8, 12)).squeeze(1) @ y)
+    assert torch.allclose(ours, expected, atol=1e-4)
+    assert torch.allclose(new.mixing.abs().amax(dim=0), torch.ones(6))  # balanced: peak |M| = 1 per component
+
+
+def test_analyze_reports_energy_dimensions(transformer_run, tmp_path, capsys):
+    assert analyze.main([str(transformer_run), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layers.0.self_attn" in out and "max over layers for 90% of the energy: D_k =" in out
+    rows = __import__("json").load(open(tmp_path / "s.json"))
+    assert len(rows) == 6  # 2 encoder self + 2 decoder self + 2 cross
+    for row in rows:
+        assert 1 <= row["dims"]["0.9"] <= row["dims"]["0.95"] <= row["dims"]["0.99"] <= HEADS * 16
+
+
+def _error(capsys, argv):
+    assert reparametrize.main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_are_refused_before_any_output(transformer_run, tmp_path, capsys):
+    out = tmp_path / "out.pt"
+    assert "out of range" in _error(capsys, [str(transformer_run), str(out), "--key-dim", "65"])
+    assert "positive integer" in _error(capsys, [str(transformer_run), str(out), "--key-dim", "0"])
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(transformer_run.read_bytes()[:5000])
+    assert "truncated or corrupted" in _error(capsys, [str(broken), str(out), "--key-dim", "16"])
+    assert "no checkpoint at" in _error(capsys, [str(tmp_path / "missing.pt"), str(out), "--key-dim", "16"])
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+    out.write_text("keep me")
+    assert "pass --force" in _error(capsys, [str(transformer_run), str(out), "--key-dim", "16"])
+    assert out.read_text() == "keep me"
+
+
+def test_unsupported_and_already_collaborative_models_are_refused(transformer_run, tmp_path, capsys):
+    state = torch.load(transformer_run, map_location="cpu")
+    state["cfg"]["model"].arch = "lstm"
+    torch.save(state, tmp_path / "lstm.pt")
+    assert "unsupported architecture 'lstm'" in _error(
+        capsys, [str(tmp_path / "lstm.pt"), str(tmp_path / "o.pt"), "--key-dim", "16"]
+    )
+    collab = tmp_path / "collab.pt"
+    assert reparametrize.main([str(transformer_run), str(collab), "--key-dim", "32"]) == 0
+    assert "already a collaborative" in _error(capsys, [str(collab), str(tmp_path / "o2.pt"), "--key-dim", "16"])
