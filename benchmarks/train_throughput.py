@@ -32,7 +32,8 @@ PEAK = re.compile(r"PEAK_CUDA_BYTES (\d+)")
 # fairseq-train in this process, printing the peak GPU memory when it exits
 WRAPPER = (
     "import atexit, runpy, sys, torch; "
-    "atexit.register(lambda: print('PEAK_CUDA_BYTES', torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)); "
+    "atexit.register(lambda: print('PEAK_CUDA_BYTES', "
+    "torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)); "
     "sys.argv = ['fairseq-train'] + sys.argv[1:]; runpy.run_module('fairseq_cli.train', run_name='__main__')"
 )
 

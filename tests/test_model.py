@@ -68,6 +68,15 @@ def test_model_parameter_count_equals_transformer_minus_attention_difference(mod
     assert sum(isinstance(m, CollaborativeMultiheadAttention) for m in model.modules()) == attentions
 
 
+def test_layer_key_dims_override_the_key_dim_of_single_layers():
+    args = _args(collab_key_dim=16, collab_layer_key_dims="encoder_self:1=8, encoder_decoder:0=32")
+    model = TransformerCollabModel.build_model(args, _Task())
+    dims = {n: m.key_dim for n, m in model.named_modules() if isinstance(m, CollaborativeMultiheadAttention)}
+    assert dims.pop("encoder.layers.1.self_attn") == 8
+    assert dims.pop("decoder.layers.0.encoder_attn") == 32
+    assert set(dims.values()) == {16}
+
+
 def test_collab_attentions_choose_which_layers_change():
     model = TransformerCollabModel.build_model(_args(collab_key_dim=16, collab_attentions="decoder_self"), _Task())
     assert isinstance(model.decoder.layers[0].self_attn, CollaborativeMultiheadAttention)
@@ -106,6 +115,13 @@ BAD_INPUTS = [
     (["--collab-mixing-init", "zeros"], "invalid choice: 'zeros'"),
     (["--collab-mode", "grouped"], "invalid choice: 'grouped'"),
     (["--collab-mixing-lr-scale", "-0.5"], "mixing learning-rate scale must be >= 0"),
+    (["--collab-layer-key-dims", "encoder_self:9=16"], "encoder_self:9 does not exist (2 layers, 0-based)"),
+    (["--collab-layer-key-dims", "cross:0=16"], "cannot read 'cross:0=16'"),
+    (["--collab-layer-key-dims", "encoder_self:0=10"], "encoder_self attention (layer 0): D_k=10 cannot be split"),
+    (
+        ["--collab-attentions", "decoder_self", "--collab-layer-key-dims", "encoder_self:0=8"],
+        "encoder_self is not in --collab-attentions",
+    ),
 ]
 
 

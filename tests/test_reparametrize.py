@@ -144,3 +144,38 @@ def test_unsupported_and_already_collaborative_models_are_refused(transformer_ru
     collab = tmp_path / "collab.pt"
     assert reparametrize.main([str(transformer_run), str(collab), "--key-dim", "32"]) == 0
     assert "already a collaborative" in _error(capsys, [str(collab), str(tmp_path / "o2.pt"), "--key-dim", "16"])
+
+
+def test_per_layer_key_dims_and_error_target_choose_each_layer(copy_data, transformer_run, tmp_path):
+    _, bin_dir = copy_data
+    fixed = tmp_path / "fixed.pt"
+    argv = [
+        str(transformer_run),
+        str(fixed),
+        "--key-dim",
+        "32",
+        "--layer-key-dims",
+        "encoder_self:1=16,decoder_self:0=8",
+    ]
+    assert reparametrize.main(argv) == 0
+    state = torch.load(fixed, map_location="cpu")
+    assert state["cfg"]["model"].collab_layer_key_dims == "decoder_self:0=8,encoder_self:1=16"
+    assert state["model"]["encoder.layers.1.self_attn.q_proj.weight"].shape == (16, EMBED)
+    assert state["model"]["decoder.layers.0.self_attn.mixing"].shape == (HEADS, 8)
+    assert state["model"]["decoder.layers.1.self_attn.mixing"].shape == (HEADS, 32)
+    run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", fixed, "--beam", "2", "--batch-size", "50")
+
+    target = tmp_path / "target.pt"
+    report = tmp_path / "report.json"
+    argv = [str(transformer_run), str(target), "--max-error", "0.3", "--report", str(report), "--n-iter", "20"]
+    assert reparametrize.main(argv) == 0
+    rows = __import__("json").load(open(report))["layers"]
+    for row in rows:  # each layer: the smallest multiple of H meeting the target
+        assert row["relative_error"] <= 0.3 and row["key_dim"] % HEADS == 0
+        if row["key_dim"] > HEADS:
+            weights = torch.load(transformer_run, map_location="cpu")["model"]
+            prefix = row["layer"]
+            w = AttentionWeights(weights[f"{prefix}.q_proj.weight"].float(), None,
+                                 weights[f"{prefix}.k_proj.weight"].float(), HEADS)  # fmt: skip
+            assert reparametrize_attention(w, row["key_dim"] - HEADS, n_iter=20).relative_error > 0.3
+    run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", target, "--beam", "2", "--batch-size", "50")

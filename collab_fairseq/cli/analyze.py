@@ -47,9 +47,9 @@ def analyze(path: str):
 def plot(rows, out):
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before the import, which logs at DEBUG
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -73,12 +73,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog="collab-analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a fairseq checkpoint, or the --json file of an earlier run (to re-plot it)")
     p.add_argument("--plot", help="save the cumulative-energy curves here (png)")
     p.add_argument("--json", help="save every spectrum and dimension here")
     args = p.parse_args(argv)
     try:
-        rows = analyze(args.checkpoint)
+        if args.checkpoint.endswith(".json"):
+            with open(args.checkpoint) as f:
+                rows = json.load(f)
+        else:
+            rows = analyze(args.checkpoint)
     except CheckpointError as err:
         print(f"collab-analyze: error: {err}", file=sys.stderr)
         return 2

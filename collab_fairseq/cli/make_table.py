@@ -113,31 +113,31 @@ def table(rows):
 def plot(rows, path):
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before the import, which logs at DEBUG
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for heads, marker in [("collab", "o"), ("concat", "s")]:
-        by_dk = defaultdict(list)
-        for r in rows:
-            if r.get("heads") == heads and not r.get("tag"):
-                by_dk[r["key_dim"]].append(r["sacrebleu"])
-        if by_dk:
-            dks = sorted(by_dk)
-            ax.errorbar(dks, [statistics.mean(by_dk[d]) for d in dks],
-                        yerr=[[statistics.mean(by_dk[d]) - min(by_dk[d]) for d in dks],
-                              [max(by_dk[d]) - statistics.mean(by_dk[d]) for d in dks]],
-                        marker=marker, label=heads, capsize=3)  # fmt: skip
+    series = defaultdict(lambda: defaultdict(list))  # (heads, tag) -> D_k -> BLEUs; tagged rows are ablations
+    for r in rows:
+        if r.get("heads") in ("collab", "concat"):
+            series[(r["heads"], r.get("tag") or "")][r["key_dim"]].append(r["sacrebleu"])
+    markers = {"collab": "o", "concat": "s"}
+    for (heads, tag), by_dk in sorted(series.items()):
+        dks = sorted(by_dk)
+        means = [statistics.mean(by_dk[d]) for d in dks]
+        ax.errorbar(dks, means, yerr=[[m - min(by_dk[d]) for d, m in zip(dks, means)],
+                                      [max(by_dk[d]) - m for d, m in zip(dks, means)]],
+                    marker=markers[heads], label=f"{heads} {tag.lstrip('_')}".strip(), capsize=3)  # fmt: skip
     base = [r["sacrebleu"] for r in rows if r.get("heads") == "transformer"]
     if base:
         ax.axhline(statistics.mean(base), color="gray", linestyle="--", label="transformer")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("key/query dimension D_k")
     ax.set_ylabel("test BLEU")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
-from collab_fairseq.models.collab_config import ATTENTIONS, parse_attentions
+from collab_fairseq.models.collab_config import ATTENTIONS, parse_attentions, parse_layer_key_dims
 from collab_fairseq.reparam.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -35,7 +35,14 @@ def parse_args(argv=None):
     )
     p.add_argument("checkpoint", help="fairseq transformer (or --collab-mode concatenate transformer_collab) .pt")
     p.add_argument("output", help="where to write the transformer_collab checkpoint")
-    p.add_argument("--key-dim", type=int, required=True, help="D_k of the collaborative layers")
+    p.add_argument("--key-dim", type=int, help="D_k of the collaborative layers (all, unless overridden below)")
+    p.add_argument(
+        "--layer-key-dims", default="", help="per-layer D_k, ATTENTION:LAYER=D_K,... (as --collab-layer-key-dims)"
+    )
+    p.add_argument(
+        "--max-error", type=float,
+        help="choose each layer's D_k: the smallest multiple of H whose relative error of the head products is <= this",
+    )  # fmt: skip
     p.add_argument("--attentions", default=",".join(ATTENTIONS), help="which attentions to convert")
     p.add_argument("--n-iter", type=int, default=200, help="CP-ALS iterations per layer (default 200)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -52,14 +59,20 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         attentions = parse_attentions(args.attentions)
-        if args.key_dim <= 0:
-            raise CheckpointError(f"--key-dim must be a positive integer, got {args.key_dim}")
+        layer_key_dims = parse_layer_key_dims(args.layer_key_dims)
+        if args.key_dim is None and args.max_error is None:
+            raise CheckpointError("give --key-dim D_k, or --max-error E to choose D_k per layer")
+        for d in [args.key_dim] + list(layer_key_dims.values()):
+            if d is not None and d <= 0:
+                raise CheckpointError(f"D_k must be a positive integer, got {d}")
+        if args.max_error is not None and not 0 < args.max_error < 1:
+            raise CheckpointError(f"--max-error is a relative error in (0, 1), got {args.max_error}")
         if os.path.exists(args.output) and not args.force:  # fail before the decomposition, not after it
             raise CheckpointError(f"{args.output} exists: choose another output path, or pass --force to overwrite it")
         state = load_checkpoint(args.checkpoint)
         new_state, report = reparametrize_checkpoint(
             state, args.key_dim, attentions, n_iter=args.n_iter, device=device,
-            mixing_lr_scale=args.mixing_lr_scale, progress=tqdm,
+            mixing_lr_scale=args.mixing_lr_scale, progress=tqdm, layer_key_dims=layer_key_dims, max_error=args.max_error,
         )  # fmt: skip
         save_atomically(new_state, args.output, force=args.force)
     except (CheckpointError, ValueError) as err:
@@ -67,10 +80,12 @@ def main(argv=None):
         return 2
     for row in report:
         print(
-            f"{row['layer']:<32} {row['attention']:<16} rel. error {row['relative_error']:.4f}  {row['seconds']:.2f} s"
+            f"{row['layer']:<32} {row['attention']:<16} D_k {row['key_dim']:>4}  "
+            f"rel. error {row['relative_error']:.4f}  {row['seconds']:.2f} s"
         )
     mean = sum(r["relative_error"] for r in report) / len(report)
-    print(f"{len(report)} layers at D_k={args.key_dim} on {device}: mean relative error {mean:.4f} -> {args.output}")
+    dims = sorted({r["key_dim"] for r in report})
+    print(f"{len(report)} layers at D_k {dims} on {device}: mean relative error {mean:.4f} -> {args.output}")
     if args.report:
         with open(args.report, "w") as f:
             json.dump({"key_dim": args.key_dim, "device": device, "layers": report}, f, indent=1)

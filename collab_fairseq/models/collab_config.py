@@ -6,13 +6,17 @@ added next to them, on the command line (``--collab-key-dim`` ...) and in
 """
 
 from dataclasses import dataclass, field, fields
-from typing import List, Optional
+from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES, check_key_dim
-
-ATTENTIONS = ("encoder_self", "decoder_self", "encoder_decoder")
+from collab_fairseq.modules.layer_choice import (  # noqa: F401  (re-exported: the options' parsers)
+    ATTENTIONS,
+    layer_key_dim,
+    parse_attentions,
+    parse_layer_key_dims,
+)
 
 
 @dataclass
@@ -52,6 +56,13 @@ class CollabAttentionConfig(FairseqDataclass):
             "M = scale * P, so Adam's step on M is scale * lr); 0 freezes it at its initial value"
         },
     )
+    collab_layer_key_dims: str = field(
+        default="",
+        metadata={
+            "help": "per-layer D_k overriding --collab-key-dim, comma-separated ATTENTION:LAYER=D_K, e.g. "
+            "'encoder_self:0=192,encoder_decoder:5=64' (layers count from 0; collab-reparametrize --max-error writes it)"
+        },
+    )
     collab_no_content_bias: bool = field(
         default=False,
         metadata={"help": "drop the per-head key-dependent content bias c_h(y) = y W_C of collaborative heads"},
@@ -65,31 +76,28 @@ def set_collab_defaults(args) -> None:
             setattr(args, f.name, f.default)
 
 
-def parse_attentions(spec: str) -> List[str]:
-    """'encoder_self,decoder_self' -> ['encoder_self', 'decoder_self']; ValueError on unknown names."""
-    names = [s.strip() for s in str(spec).split(",") if s.strip()]
-    unknown = [n for n in names if n not in ATTENTIONS]
-    if unknown:
-        raise ValueError(
-            f"--collab-attentions: unknown attention(s) {', '.join(unknown)}; choose from {', '.join(ATTENTIONS)}"
-        )
-    return names
-
-
 def validate_collab_args(args) -> None:
     """Check every collaborative layer the model would build; raise ValueError naming the fix."""
     attentions = parse_attentions(args.collab_attentions)
-    heads = {
-        "encoder_self": (args.encoder_attention_heads, args.encoder_embed_dim),
-        "decoder_self": (args.decoder_attention_heads, args.decoder_embed_dim),
-        "encoder_decoder": (args.decoder_attention_heads, args.decoder_embed_dim),
+    shapes = {
+        "encoder_self": (args.encoder_attention_heads, args.encoder_embed_dim, args.encoder_layers),
+        "decoder_self": (args.decoder_attention_heads, args.decoder_embed_dim, args.decoder_layers),
+        "encoder_decoder": (args.decoder_attention_heads, args.decoder_embed_dim, args.decoder_layers),
     }
-    for name in attentions:
-        num_heads, embed_dim = heads[name]
-        key_dim = args.collab_key_dim if args.collab_key_dim is not None else embed_dim
-        try:
-            check_key_dim(
-                key_dim, num_heads, str(args.collab_mode), str(args.collab_mixing_init), args.collab_mixing_lr_scale
+    for name, layer in parse_layer_key_dims(args.collab_layer_key_dims):
+        if name not in attentions:
+            raise ValueError(f"--collab-layer-key-dims sets {name}:{layer} but {name} is not in --collab-attentions")
+        if layer >= shapes[name][2]:
+            raise ValueError(
+                f"--collab-layer-key-dims: {name}:{layer} does not exist ({shapes[name][2]} layers, 0-based)"
             )
-        except ValueError as err:
-            raise ValueError(f"{name} attention: {err}") from None
+    for name in attentions:
+        num_heads, embed_dim, layers = shapes[name]
+        for layer in range(layers):
+            key_dim = layer_key_dim(args, name, layer, embed_dim)
+            try:
+                check_key_dim(
+                    key_dim, num_heads, str(args.collab_mode), str(args.collab_mixing_init), args.collab_mixing_lr_scale
+                )
+            except ValueError as err:
+                raise ValueError(f"{name} attention (layer {layer}): {err}") from None

@@ -39,14 +39,23 @@ def _wrap_layer(layer, cfg):
     return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0)
 
 
+def _next_layer_index(stack) -> int:
+    """0, 1, 2 ... over the build_*_layer calls of one encoder/decoder (fairseq builds its layers in order)."""
+    index = getattr(stack, "_layers_built", 0)
+    stack._layers_built = index + 1
+    return index
+
+
 class TransformerCollabEncoder(TransformerEncoderBase):
     def build_encoder_layer(self, cfg):
-        return _wrap_layer(CollabTransformerEncoderLayer(cfg, return_fc=self.return_fc), cfg)
+        layer = CollabTransformerEncoderLayer(cfg, return_fc=self.return_fc, layer_index=_next_layer_index(self))
+        return _wrap_layer(layer, cfg)
 
 
 class TransformerCollabDecoder(TransformerDecoderBase):
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
-        return _wrap_layer(CollabTransformerDecoderLayer(cfg, no_encoder_attn), cfg)
+        layer = CollabTransformerDecoderLayer(cfg, no_encoder_attn, layer_index=_next_layer_index(self))
+        return _wrap_layer(layer, cfg)
 
 
 @register_model("transformer_collab")

@@ -10,6 +10,7 @@ from typing import Optional
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
 from collab_fairseq.modules.collaborative_attention import CollaborativeMultiheadAttention
+from collab_fairseq.modules.layer_choice import layer_key_dim
 
 
 def build_collab_attention(
@@ -23,7 +24,6 @@ def build_collab_attention(
     chosen = [a.strip() for a in str(getattr(cfg, "collab_attentions", "")).split(",")]
     if attention not in chosen:
         return None
-    key_dim = getattr(cfg, "collab_key_dim", None)
     return CollaborativeMultiheadAttention(
         embed_dim,
         num_heads,
@@ -31,7 +31,7 @@ def build_collab_attention(
         q_noise=layer.quant_noise,
         qn_block_size=layer.quant_noise_block_size,
         **fairseq_kwargs,
-        key_dim=key_dim if key_dim is not None else embed_dim,
+        key_dim=layer_key_dim(cfg, attention, layer.layer_index, embed_dim),
         mode=str(cfg.collab_mode),
         mixing_init=str(cfg.collab_mixing_init),
         mixing_lr_scale=float(getattr(cfg, "collab_mixing_lr_scale", 1.0)),
@@ -40,6 +40,10 @@ def build_collab_attention(
 
 
 class CollabTransformerEncoderLayer(TransformerEncoderLayerBase):
+    def __init__(self, cfg, return_fc=False, layer_index: int = 0):
+        self.layer_index = layer_index  # read by the build hooks that fairseq's __init__ calls
+        super().__init__(cfg, return_fc=return_fc)
+
     def build_self_attention(self, embed_dim, cfg):
         attn = build_collab_attention(
             self, cfg, "encoder_self", embed_dim, cfg.encoder.attention_heads, self_attention=True
@@ -48,6 +52,10 @@ class CollabTransformerEncoderLayer(TransformerEncoderLayerBase):
 
 
 class CollabTransformerDecoderLayer(TransformerDecoderLayerBase):
+    def __init__(self, cfg, no_encoder_attn=False, layer_index: int = 0):
+        self.layer_index = layer_index
+        super().__init__(cfg, no_encoder_attn=no_encoder_attn)
+
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         attn = build_collab_attention(
             self, cfg, "decoder_self", embed_dim, cfg.decoder.attention_heads,

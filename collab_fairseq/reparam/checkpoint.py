@@ -11,7 +11,8 @@ import copy
 import os
 import re
 import tempfile
-from typing import Callable, Dict, List, Optional
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -92,19 +93,40 @@ def target_arch(args: argparse.Namespace) -> str:
     )
 
 
+def smallest_key_dim(weights: AttentionWeights, max_error: float, n_iter: int) -> CollaborativeWeights:
+    """The decomposition at the smallest D_k (a multiple of H) whose relative error is <= ``max_error``."""
+    heads, lo, hi = weights.num_heads, 1, weights.head_dim
+    best = reparametrize_attention(weights, heads * hi, n_iter=n_iter)
+    while lo < hi:  # the error falls as D_k grows
+        mid = (lo + hi) // 2
+        trial = reparametrize_attention(weights, heads * mid, n_iter=n_iter)
+        if trial.relative_error <= max_error:
+            best, hi = trial, mid
+        else:
+            lo = mid + 1
+    return best
+
+
 def reparametrize_checkpoint(
     state: dict,
-    key_dim: int,
+    key_dim: Optional[int],
     attentions: Optional[List[str]] = None,
     n_iter: int = 200,
     device: str = "cpu",
     mixing_lr_scale: float = 1.0,
     progress: Callable = lambda it, **kw: it,
+    layer_key_dims: Optional[Dict[Tuple[str, int], int]] = None,
+    max_error: Optional[float] = None,
 ) -> (dict, List[dict]):
-    """Return (new checkpoint state, per-layer report) with the chosen attentions collaborative at ``key_dim``.
+    """Return (new checkpoint state, per-layer report) with the chosen attentions collaborative.
 
-    Report rows: {"layer", "attention", "relative_error", "seconds"}.
+    Each layer's D_k: ``layer_key_dims[(attention, layer)]`` if given, else the smallest multiple of H
+    meeting ``max_error`` if given, else ``key_dim``. Report rows: {"layer", "attention", "key_dim",
+    "relative_error", "seconds"}.
     """
+    if key_dim is None and max_error is None:
+        raise CheckpointError("give a D_k (--key-dim) or an error target (--max-error)")
+    layer_key_dims = dict(layer_key_dims or {})
     args = model_args(state)
     arch = target_arch(args)
     attentions = list(ATTENTIONS) if attentions is None else attentions
@@ -125,7 +147,8 @@ def reparametrize_checkpoint(
     layers = [(p, k) for p, k in attention_layers(old).items() if k in attentions]
     if not layers:
         raise CheckpointError(f"no {', '.join(attentions)} attention layers in the checkpoint")
-    for prefix, kind in progress(layers, desc=f"CP rank {key_dim}", unit="layer"):
+    for prefix, kind in progress(layers, desc="CP decomposition", unit="layer"):
+        index = int(prefix.split(".")[2])
         weights = AttentionWeights(
             q_weight=old[f"{prefix}.q_proj.weight"].to(device, torch.float32),
             q_bias=_maybe(old.get(f"{prefix}.q_proj.bias"), device),
@@ -133,17 +156,26 @@ def reparametrize_checkpoint(
             num_heads=heads[kind],
         )
         try:
-            collab = reparametrize_attention(weights, key_dim, n_iter=n_iter)
+            if (kind, index) in layer_key_dims or max_error is None:
+                collab = reparametrize_attention(weights, layer_key_dims.get((kind, index), key_dim), n_iter=n_iter)
+            else:
+                collab = smallest_key_dim(weights, max_error, n_iter)
         except ValueError as err:
             raise CheckpointError(f"{prefix}: {err}") from None
         _write_layer(new, prefix, collab, old[f"{prefix}.q_proj.weight"].dtype, mixing_lr_scale)
         report.append(
-            {"layer": prefix, "attention": kind, "relative_error": collab.relative_error, "seconds": collab.seconds}
-        )
+            {"layer": prefix, "attention": kind, "key_dim": collab.q_weight.size(0),
+             "relative_error": collab.relative_error, "seconds": collab.seconds}
+        )  # fmt: skip
+
+    chosen = {(r["attention"], int(r["layer"].split(".")[2])): r["key_dim"] for r in report}
+    default_dim = key_dim if key_dim is not None else Counter(chosen.values()).most_common(1)[0][0]
+    per_layer = ",".join(f"{a}:{i}={d}" for (a, i), d in sorted(chosen.items()) if d != default_dim)
 
     new_args = TransformerCollabArgs(**copy.deepcopy(vars(args)))
     new_args.arch = new_args._name = arch
-    new_args.collab_key_dim = key_dim
+    new_args.collab_key_dim = default_dim
+    new_args.collab_layer_key_dims = per_layer
     new_args.collab_mode = "collaborative"
     new_args.collab_attentions = ",".join(a for a in ATTENTIONS if a in attentions)
     new_args.collab_mixing_init = "concatenate"
