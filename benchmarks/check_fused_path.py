@@ -1,6 +1,6 @@
 """Check, on the GPU, that the fused path of CollaborativeMultiheadAttention equals its explicit path.
 
-The layer takes F.scaled_dot_product_attention when no weights are asked for, and an explicit
+With implementation="sdpa" the layer takes F.scaled_dot_product_attention when no weights are asked for, and an explicit
 softmax(QK^T) path otherwise. This script runs both on the same random inputs (padding, causal mask,
 cross-attention) in half precision and compares outputs and every parameter's gradient by relative
 L2 error; it exits non-zero if any exceeds --tolerance (default by precision: float16 5e-3,
@@ -27,6 +27,7 @@ def check(mode, key_dim, kind, device, dtype, embed_dim=512, heads=4, tgt_len=23
         embed_dim, heads, key_dim=key_dim, mode=mode,
         self_attention=kind != "cross", encoder_decoder_attention=kind == "cross",
     ).to(device, dtype)  # fmt: skip
+    layer.implementation = "sdpa"  # the fused kernel (not the default bmm) against the explicit path
     if layer.content_bias is not None:
         with torch.no_grad():
             layer.content_bias.weight.normal_(0, 0.05)

@@ -39,9 +39,10 @@ def _causal(t):
 
 @pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
 @pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
-@pytest.mark.parametrize("need_weights", [True, False])
-def test_matches_fairseq_multihead_attention(kind, mode, need_weights):
+@pytest.mark.parametrize("need_weights,implementation", [(True, "bmm"), (False, "bmm"), (False, "sdpa")])
+def test_matches_fairseq_multihead_attention(kind, mode, need_weights, implementation):
     ref, ours = _pair(kind, mode)
+    ours.implementation = implementation  # the kernel used when no weights are returned
     query, key, padding = _inputs(kind)
     kwargs = dict(need_weights=need_weights, need_head_weights=need_weights)
     if kind == "encoder_self":
@@ -195,8 +196,10 @@ def test_gradients_reach_mixing_and_content_bias():
 
 @pytest.mark.parametrize("mode,key_dim", [("collaborative", 12), ("concatenate", 8)])
 def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim):
-    """need_weights=False takes scaled_dot_product_attention; it must train exactly like the explicit path."""
+    """With implementation="sdpa", need_weights=False takes scaled_dot_product_attention; it must train
+    exactly like the explicit path."""
     layer = _random_layer("self", key_dim, mode, "normal" if mode == "collaborative" else "concatenate")
+    layer.implementation = "sdpa"
     query, _, padding = _inputs("self")
     grads = []
     for need_weights in (False, True):
