@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from config_flags import split_env
+
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 TRAIN = (
     "--share-all-embeddings --optimizer adam --lr 1e-4 --criterion label_smoothed_cross_entropy --fp16 "
@@ -35,15 +37,6 @@ def run(cmd, env=None):
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stdout[-3000:]}")
     return proc.stdout
-
-
-def split_env(flags):
-    """'VAR=value --flag ...' -> (environment with VAR set, ['--flag', ...])."""
-    env, words = dict(os.environ), shlex.split(flags)
-    while words and "=" in words[0] and not words[0].startswith("-"):
-        var, _, value = words.pop(0).partition("=")
-        env[var] = value
-    return env, words
 
 
 def build(data, flags, save_dir):

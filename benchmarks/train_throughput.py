@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from config_flags import split_env
+
 COMMON = (
     "--share-all-embeddings --optimizer adam --adam-betas (0.9,0.98) --lr 7e-4 --lr-scheduler inverse_sqrt "
     "--warmup-updates 4000 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1 "
@@ -39,11 +41,7 @@ WRAPPER = (
 
 
 def measure(data, name, flags, max_update, warmup, user_dir):
-    env = dict(os.environ)
-    words = shlex.split(flags)
-    while words and "=" in words[0] and not words[0].startswith("-"):  # leading VAR=value settings
-        var, _, value = words.pop(0).partition("=")
-        env[var] = value
+    env, words = split_env(flags)
     cmd = [sys.executable, "-c", WRAPPER, data, "--user-dir", user_dir, "--max-update", str(max_update)]
     cmd += shlex.split(COMMON) + words
     start = time.time()

@@ -59,12 +59,15 @@ def test_reduced_key_dim_checkpoint_generates_and_fine_tunes(copy_data, transfor
     assert torch.load(out, map_location="cpu")["model"]["decoder.layers.1.encoder_attn.q_proj.weight"].shape == (16, 64)
     gen = run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
     assert "Generate test with beam=2" in gen.stdout
-    run_cli(
+    train = run_cli(
         "train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab_iwslt_de_en", "--collab-key-dim", "16",
         "--finetune-from-model", out, "--save-dir", tmp_path / "ft", *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "3",
         "--share-all-embeddings",
     )  # fmt: skip
     assert (tmp_path / "ft" / "checkpoint_last.pt").exists()
+    assert f"Loaded checkpoint {out}" in train.stdout and "num_updates 3" in train.stdout
+    tuned = torch.load(tmp_path / "ft" / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert tuned["encoder.layers.0.self_attn.mixing"].shape == (HEADS, 16)
 
 
 def test_decomposition_at_full_rank_reconstructs_the_head_products():

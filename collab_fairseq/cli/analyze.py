@@ -12,18 +12,20 @@ import json
 import sys
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
-from collab_fairseq.reparam.checkpoint import CheckpointError, attention_layers, load_checkpoint, model_args
+from collab_fairseq.reparam.checkpoint import (
+    CheckpointError,
+    attention_heads,
+    attention_layers,
+    load_checkpoint,
+    model_args,
+)
 from collab_fairseq.reparam.spectrum import ENERGIES, energy_dims, layer_products, layer_spectrum
 
 
 def analyze(path: str):
     state = load_checkpoint(path)
     args = model_args(state)
-    heads = {
-        "encoder_self": args.encoder_attention_heads,
-        "decoder_self": args.decoder_attention_heads,
-        "encoder_decoder": args.decoder_attention_heads,
-    }
+    heads = attention_heads(args)
     rows = []
     for prefix, kind in attention_layers(state["model"]).items():
         spectra = layer_spectrum(layer_products(state["model"], prefix, heads[kind]))

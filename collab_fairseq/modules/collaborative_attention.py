@@ -245,7 +245,8 @@ class CollaborativeMultiheadAttention(nn.Module):
         src_len, bsz, _ = v.shape
         k = k.transpose(0, 1)
         v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
-        key_bias = c[0].permute(1, 2, 0).contiguous() if c else None  # fused kernels need a dense mask
+        # a dense B x H x S copy: the slice of the fused output is strided, and the bias becomes an attention mask
+        key_bias = c[0].permute(1, 2, 0).contiguous() if c else None
         return q, k, key_bias, v
 
     def _head_queries(self, q: Tensor, scale: float = 1.0) -> Tensor:
@@ -380,7 +381,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             bias = attn_mask if bias is None else bias + attn_mask
         if bias is not None and bias.dim() == 2:
             bias = bias[None, None]
-        return bias if bias is None or bias.stride(-1) == 1 else bias.contiguous()
+        return bias
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""

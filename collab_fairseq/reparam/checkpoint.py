@@ -76,6 +76,15 @@ def attention_layers(state_dict: Dict[str, torch.Tensor]) -> Dict[str, str]:
     return dict(sorted(found.items(), key=lambda kv: (kv[0].startswith("decoder"), int(kv[0].split(".")[2]), kv[0])))
 
 
+def attention_heads(args: argparse.Namespace) -> Dict[str, int]:
+    """Heads of each attention kind of the model the arguments describe."""
+    return {
+        "encoder_self": args.encoder_attention_heads,
+        "decoder_self": args.decoder_attention_heads,
+        "encoder_decoder": args.decoder_attention_heads,
+    }
+
+
 def target_arch(args: argparse.Namespace) -> str:
     arch = getattr(args, "arch", None) or getattr(args, "_name", None)
     if arch in FAIRSEQ_ARCHS:
@@ -136,11 +145,7 @@ def reparametrize_checkpoint(
             f"the checkpoint's concatenated-heads attentions {sorted(source_collab)} must all be converted: "
             f"add them to --attentions (one model has one kind of reduced heads)"
         )
-    heads = {
-        "encoder_self": args.encoder_attention_heads,
-        "decoder_self": args.decoder_attention_heads,
-        "encoder_decoder": args.decoder_attention_heads,
-    }
+    heads = attention_heads(args)
     old = state["model"]
     new = dict(old)
     report = []
@@ -190,7 +195,7 @@ def reparametrize_checkpoint(
     if out.get("args") is not None:
         out["args"] = new_args
     out["extra_state"] = dict(
-        out.get("extra_state") or {}, collab_reparametrized={"key_dim": key_dim, "layers": report}
+        out.get("extra_state") or {}, collab_reparametrized={"key_dim": default_dim, "layers": report}
     )
     return out, report
 

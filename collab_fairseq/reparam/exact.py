@@ -14,6 +14,7 @@ import torch
 from fairseq.modules import MultiheadAttention
 
 from collab_fairseq.modules.collaborative_attention import CollaborativeMultiheadAttention, init_mixing_
+from collab_fairseq.reparam.cp import AttentionWeights, content_bias_from_query_bias
 
 
 @torch.no_grad()
@@ -46,14 +47,11 @@ def copy_from_multihead_attention(target: CollaborativeMultiheadAttention, sourc
         return target
 
     target.set_mixing_(init_mixing_(torch.empty_like(target.mixing), "concatenate"))
-    w_k = source.k_proj.weight.view(heads, head_dim, -1)  # H x d_k x D_in
     has_query_bias = source.q_proj.bias is not None and bool(source.q_proj.bias.any())
     if target.content_bias is None:
         if has_query_bias:
             raise ValueError("the source has query biases, which need the content bias: build the target with it")
-    elif not has_query_bias:
-        target.content_bias.weight.zero_()
     else:
-        b_q = source.q_proj.bias.view(heads, 1, head_dim)  # H x 1 x d_k
-        target.content_bias.weight.copy_(source.scaling * torch.bmm(b_q, w_k).squeeze(1))
+        weights = AttentionWeights(source.q_proj.weight, source.q_proj.bias, source.k_proj.weight, heads)
+        target.content_bias.weight.copy_(content_bias_from_query_bias(weights))
     return target
