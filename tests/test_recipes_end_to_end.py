@@ -53,14 +53,14 @@ def test_wmt14_prepare_train_evaluate_table_offline(wmt_raw, tmp_path):  # noqa:
 def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_data, tmp_path):
     """The default recipe of collaborative heads (results/collab_quality.md): fairseq's transformer for
     WARM_START updates, collab-reparametrize to D_k, then the collaborative model for the rest, with the
-    single run's learning-rate schedule continued."""
+    warm-up continued; in the same sweep a transformer row trains as it is (the warm start is for collab rows)."""
     raw, bin_dir = copy_data
     tiny = TINY.replace("--num-workers 0", "--num-workers 0 --log-interval 1")
     runs = tmp_path / "runs"
     env = dict(DATA=str(bin_dir), FP16="0", MAX_UPDATE="6", WARMUP="5", MAX_TOKENS="2048", TOKENS_PER_UPDATE="2048",
                EXTRA=tiny, WARM_START_EXTRA=tiny, WARM_START="3", RUNS_DIR=str(runs), TABLE="", PLOT="",
                REFERENCE=str(raw / "test.tgt"), REMOVE_BPE="none", GENERATE_ARGS="--max-len-a 0 --max-len-b 5")  # fmt: skip
-    proc = subprocess.run(["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1"],
+    proc = subprocess.run(["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1", "transformer:32:1"],
                           env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = runs / "collab_dk16_ws3_s1"
@@ -74,3 +74,34 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     assert (
         len(json.load(open(run / "warm_start" / "reparametrize.json"))["layers"]) == 3
     )  # 1 encoder self, 1 decoder self, 1 cross
+    plain = runs / "transformer_dk32_s1"
+    assert not (plain / "warm_start").exists() and "num_updates 6" in (plain / "train.log").read_text()
+    assert json.load(open(plain / "bleu.json"))["sentences"] > 0
+
+
+def test_failed_training_names_the_log_and_how_to_resume(copy_data, tmp_path):
+    _, bin_dir = copy_data
+    env = dict(DATA=str(bin_dir), HEADS="transformer", FP16="0", SAVE_DIR=str(tmp_path / "run"), EXTRA="--no-such-flag")
+    proc = subprocess.run(["bash", str(REPO / "recipes/multi30k_en_de/train.sh")], env={**os.environ, **env},
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "unrecognized arguments: --no-such-flag" in proc.stdout
+    assert f"error: fairseq-train stopped with exit status {proc.returncode} ({tmp_path}/run/train.log" in proc.stderr
+    assert "re-running the same command resumes from scratch (no checkpoint was saved yet)" in proc.stderr
+
+
+def test_the_effective_batch_is_kept_on_any_gpu_count(copy_data, tmp_path):
+    """update-freq and the per-GPU batch follow the world size (GPUs x NNODES; NNODES stands in for GPUs here,
+    and a bad flag stops fairseq right after train.sh has printed its batch arithmetic)."""
+    _, bin_dir = copy_data
+    for nnodes, tokens, expected in [
+        ("1", "4096", "1 GPU(s) x 4096 tokens x update-freq 8 = 32768 tokens/update"),
+        ("2", "4096", "2 GPU(s) x 4096 tokens x update-freq 4 = 32768 tokens/update"),
+        ("3", "4096", "3 GPU(s) x 3641 tokens x update-freq 3 = 32769 tokens/update"),
+        ("2", "8192", "2 GPU(s) x 4096 tokens x update-freq 1 = 8192 tokens/update"),  # Multi30k's batch
+    ]:
+        target = "8192" if expected.endswith("= 8192 tokens/update") else "32768"
+        env = dict(DATA=str(bin_dir), HEADS="transformer", SAVE_DIR=str(tmp_path / nnodes / tokens), NNODES=nnodes,
+                   MAX_TOKENS=tokens, TOKENS_PER_UPDATE=target, EXTRA="--no-such-flag")  # fmt: skip
+        proc = subprocess.run(["bash", str(REPO / "recipes/wmt14_en_de/train.sh")], env={**os.environ, **env},
+                              capture_output=True, text=True)  # fmt: skip
+        assert expected in proc.stderr, proc.stderr[-2000:]

@@ -24,11 +24,16 @@ run_one() {  # HEADS:KEY_DIM:SEED
   local dir="$RUNS_DIR/$name"
   if [[ -s "$dir/bleu.json" ]]; then echo "[sweep] $name done already" >&2; return 0; fi
   local kd=""; [[ "$heads" == transformer ]] || kd="$key_dim"
-  HEADS="$heads" KEY_DIM="$kd" SEED="$seed" SAVE_DIR="$dir" "$RECIPE_DIR/train.sh" >/dev/null
+  local warm=""; [[ "$heads" == collab ]] && warm="${WARM_START:-}"  # the warm start is for collaborative rows only
+  if ! WARM_START="$warm" HEADS="$heads" KEY_DIM="$kd" SEED="$seed" SAVE_DIR="$dir" "$RECIPE_DIR/train.sh" >/dev/null; then
+    echo "[sweep] $name: training failed (see $dir/train.log); re-run the sweep to resume it" >&2; return 1
+  fi
   META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$tag\"}" \
-    SAVE_DIR="$dir" "$RECIPE_DIR/evaluate.sh" >/dev/null
+    SAVE_DIR="$dir" "$RECIPE_DIR/evaluate.sh" >/dev/null || { echo "[sweep] $name: evaluation failed" >&2; return 1; }
   echo "[sweep] $name: $(python3 -c "import json; print(json.load(open('$dir/bleu.json'))['sacrebleu'])") BLEU" >&2
 }
 export -f run_one
-printf '%s\n' "$@" | xargs -P "$PARALLEL" -I{} bash -c 'run_one "$@"' _ {}
+status=0
+printf '%s\n' "$@" | xargs -P "$PARALLEL" -I{} bash -c 'run_one "$@"' _ {} || status=$?
 [[ -z "$TABLE" ]] || python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" --out "$TABLE" ${PLOT:+--plot "$PLOT"}
+(( status == 0 )) || { echo "error: some runs of the sweep failed (see above); the table holds the others" >&2; exit 1; }

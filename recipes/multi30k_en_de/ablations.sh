@@ -21,6 +21,7 @@ declare -A CONFIG=(  # NAME -> "HEADS KEY_DIM | environment for train.sh"
   [no_content_bias]="collab 128 | WARM_START= EXTRA=--collab-no-content-bias"
   [normal_mixing]="collab 128 | WARM_START= MIXING_INIT=normal"
   [warm_start600]="collab 128 | WARM_START=600"
+  [warm_start600_u3600]="collab 128 | WARM_START=600 MAX_UPDATE=3600"
   [warm_start300]="collab 128 | WARM_START=300"
   [collab64_warm_start600]="collab 64 | WARM_START=600"
 )

@@ -1,0 +1,361 @@
+"""Multi-GPU checks of the recipes: the same train.sh / evaluate.sh command on 1 GPU and on all visible GPUs.
+
+The recipes take every visible GPU (fairseq's distributed training, one process per GPU, NCCL) and keep
+the effective batch (tokens x GPUs x update-freq), so the only change between the runs compared here is
+CUDA_VISIBLE_DEVICES. Subcommands (each prints a markdown table last and writes --out as JSON):
+
+  loss      training loss of the first --updates updates on N GPUs against 1 GPU with update-freq N:
+            same seed, same batches, dropout 0, so only the order of floating-point sums differs
+  scaling   target words/s of the recipe on N GPUs over 1 GPU (median of the logging intervals after
+            --warmup updates), every run alone on the machine
+  resume    SIGKILL one rank mid-run: the job must stop with an error, and re-running the same command must
+            resume from the last checkpoint and finish
+  evaluate  evaluate.sh sharded over N GPUs against 1 GPU: the hypotheses files must be identical
+
+    python benchmarks/multi_gpu.py loss --data work/multi30k_en_de/bin --out results/multi_gpu/loss.json
+    python benchmarks/multi_gpu.py scaling --data work/multi30k_en_de/bin --updates 400 --warmup 200
+    python benchmarks/multi_gpu.py resume --recipe recipes/multi30k_en_de/train.sh --kill-at 900 \\
+        --config "collab_dk128:HEADS=collab KEY_DIM=128" --save-dir work/multi_gpu/resume_collab_dk128
+    python benchmarks/multi_gpu.py evaluate --evaluate recipes/multi30k_en_de/evaluate.sh \\
+        --save-dir work/multi_gpu/resume_collab_dk128
+
+--config NAME:VAR=value ... sets train.sh's environment for one configuration (default: fairseq's
+transformer and collaborative heads at D_k=128).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from config_flags import split_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIGS = ["transformer:HEADS=transformer", "collab_dk128:HEADS=collab KEY_DIM=128"]
+# one training-interval line of fairseq's simple log format
+INTERVAL = re.compile(r"(?:^|\s)loss=([\d.]+),.*?\bwps=([\d.]+),.*?\bnum_updates=(\d+)")
+LOADED = re.compile(r"[Ll]oaded checkpoint (\S+) \(epoch (\d+) @ (\d+) updates\)")
+
+
+def visible_gpus():
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+    if len(ids) < 2:
+        sys.exit(
+            f"error: {len(ids)} GPU(s) visible; these checks compare 1 GPU with several (set CUDA_VISIBLE_DEVICES)"
+        )
+    return ids
+
+
+def parse_configs(specs):
+    """['NAME:VAR=value ...'] -> [(name, {VAR: value})]."""
+    configs = []
+    for spec in specs or DEFAULT_CONFIGS:
+        name, _, assignments = spec.partition(":")
+        env, words = split_env(assignments)
+        if words:
+            sys.exit(f"error: --config {spec!r}: only VAR=value words are allowed after NAME:")
+        configs.append((name, {k: v for k, v in env.items() if os.environ.get(k) != v}))
+    return configs
+
+
+def intervals(log_text):
+    """fairseq training log -> {num_updates: (loss, wps)} of its interval lines."""
+    return {int(m.group(3)): (float(m.group(1)), float(m.group(2))) for m in INTERVAL.finditer(log_text)}
+
+
+def start(script, env_updates, gpus, log_path, new_session=False):
+    env = dict(os.environ, **env_updates, CUDA_VISIBLE_DEVICES=",".join(gpus), PYTHONUNBUFFERED="1")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(["bash", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=new_session)  # fmt: skip
+    proc.log_path = log_path
+    return proc
+
+
+def finish(proc, what):
+    if proc.wait() != 0:
+        with open(proc.log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}), {proc.log_path}:\n{tail}")
+    with open(proc.log_path) as f:
+        return f.read()
+
+
+def run_batches(jobs):
+    """jobs: [[(key, script, env, gpus, log)]] -> {key: log text}; jobs of one inner list run at the same time."""
+    logs = {}
+    for batch in jobs:
+        procs = [(key, start(script, env, gpus, log)) for key, script, env, gpus, log in batch]
+        for key, proc in procs:
+            logs[key] = finish(proc, key)
+    return logs
+
+
+def train_jobs(args, configs, gpus, tag, env_for, side_by_side):
+    """1-GPU runs (side_by_side: of all configs at once, one GPU each, while GPUs last), then each N-GPU run."""
+    singles, multis = [], []
+    for i, (name, cfg_env) in enumerate(configs):
+        for n in (1, len(gpus)):
+            save_dir = os.path.join(args.workdir, f"{tag}_{name}_{n}gpu")
+            shutil.rmtree(save_dir, ignore_errors=True)
+            os.makedirs(save_dir)
+            env = dict(cfg_env, DATA=args.data, SAVE_DIR=save_dir, SEED=str(args.seed), **env_for(n))
+            use = [gpus[i % len(gpus)]] if n == 1 else gpus
+            job = ((name, n), args.recipe, env, use, os.path.join(save_dir, "stdout.log"))
+            (singles if n == 1 else multis).append(job)
+    per_batch = len(gpus) if side_by_side else 1
+    batches = [singles[i : i + per_batch] for i in range(0, len(singles), per_batch)] + [[job] for job in multis]
+    return run_batches(batches)
+
+
+def loss_check(args, configs, gpus):
+    n = len(gpus)
+    env_for = lambda _: dict(  # noqa: E731
+        MAX_TOKENS=str(args.max_tokens), TOKENS_PER_UPDATE=str(args.max_tokens * n), DROPOUT="0",
+        MAX_UPDATE=str(args.updates), FP16="0" if args.fp32 else "1",
+        EXTRA="--no-save --disable-validation --log-interval 1"
+        + ("" if args.fp32 else f" --fp16-init-scale {args.fp16_init_scale}"),
+    )  # fmt: skip
+    logs = train_jobs(args, configs, gpus, "loss", env_for, side_by_side=True)
+    rows = []
+    for name, _ in configs:
+        one, many = intervals(logs[(name, 1)]), intervals(logs[(name, n)])
+        common = sorted(set(one) & set(many))
+        if len(common) < args.updates * 0.9:
+            raise RuntimeError(f"{name}: only {len(common)} of {args.updates} updates logged by both runs")
+        diffs = [abs(one[u][0] - many[u][0]) for u in common]
+        rows.append({
+            "config": name, "updates": len(common), "loss_1gpu": [one[u][0] for u in common],
+            f"loss_{n}gpu": [many[u][0] for u in common], "max_abs_diff": max(diffs),
+            "mean_abs_diff": statistics.mean(diffs), "tolerance": args.tolerance,
+            "match": max(diffs) <= args.tolerance,
+        })  # fmt: skip
+    table = [f"| config | updates | loss at 1 / last (1 GPU) | loss at 1 / last ({n} GPUs) | max abs diff | mean abs diff | within {args.tolerance} |",  # noqa: E501
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        a, b = r["loss_1gpu"], r[f"loss_{n}gpu"]
+        table.append(f"| {r['config']} | {r['updates']} | {a[0]:.3f} / {a[-1]:.3f} | {b[0]:.3f} / {b[-1]:.3f} "
+                     f"| {r['max_abs_diff']:.3f} | {r['mean_abs_diff']:.4f} | {'yes' if r['match'] else 'NO'} |")  # fmt: skip
+    ok = all(r["match"] for r in rows)
+    return {"gpus": n, "max_tokens": args.max_tokens, "fp32": args.fp32, "rows": rows}, table, ok
+
+
+def scaling(args, configs, gpus):
+    n = len(gpus)
+
+    def env_for(_):
+        env = dict(MAX_UPDATE=str(args.updates), EXTRA="--no-save --disable-validation --log-interval 10")
+        if args.max_tokens:
+            env["MAX_TOKENS"] = str(args.max_tokens)
+        if args.tokens_per_update:
+            env["TOKENS_PER_UPDATE"] = str(args.tokens_per_update)
+        return env
+
+    logs = train_jobs(args, configs, gpus, "scaling", env_for, side_by_side=False)
+    rows = []
+    for name, _ in configs:
+        wps = {}
+        for k in (1, n):
+            samples = [w for u, (_, w) in intervals(logs[(name, k)]).items() if u > args.warmup]
+            if not samples:
+                raise RuntimeError(f"{name} on {k} GPU(s): no interval after update {args.warmup}; raise --updates")
+            wps[k] = statistics.median(samples)
+        batch = re.search(r"= (\d+) tokens/update", logs[(name, n)])
+        rows.append({
+            "config": name, "wps_1gpu": wps[1], f"wps_{n}gpu": wps[n], "speedup": wps[n] / wps[1],
+            "efficiency": wps[n] / wps[1] / n, "tokens_per_update": int(batch.group(1)) if batch else None,
+        })  # fmt: skip
+    table = [f"| config | tokens/update | words/s 1 GPU | words/s {n} GPUs | speed-up | efficiency |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        table.append(f"| {r['config']} | {r['tokens_per_update']} | {r['wps_1gpu']:,.0f} | {r[f'wps_{n}gpu']:,.0f} "
+                     f"| {r['speedup']:.2f}x | {r['efficiency']:.0%} |")  # fmt: skip
+    ok = all(r["speedup"] >= args.target for r in rows)
+    return {"gpus": n, "updates": args.updates, "warmup": args.warmup, "rows": rows, "target": args.target}, table, ok
+
+
+def session_processes(session_id):
+    """{pid: (parent pid, command line)} of the processes in a session."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid, sid = int(fields[1]), int(fields[3])
+        if sid == session_id:
+            procs[int(entry)] = (ppid, cmdline)
+    return procs
+
+
+def rank_pids(session_id):
+    """PIDs of fairseq's spawned worker processes (children of the fairseq_cli.train process) in a session."""
+    procs = session_processes(session_id)
+    mains = {pid for pid, (_, cmd) in procs.items() if "fairseq_cli.train" in cmd}
+    return sorted(pid for pid, (ppid, cmd) in procs.items() if ppid in mains and "spawn_main" in cmd)
+
+
+def last_update(path):
+    try:
+        with open(path) as f:
+            found = intervals(f.read())
+    except OSError:
+        return 0
+    return max(found, default=0)
+
+
+def resume(args, configs, gpus):
+    (name, cfg_env), = configs  # fmt: skip
+    save_dir = args.save_dir
+    if args.fresh:
+        shutil.rmtree(save_dir, ignore_errors=True)
+    os.makedirs(save_dir, exist_ok=True)
+    env = dict(cfg_env, SAVE_DIR=save_dir, SEED=str(args.seed), **({"DATA": args.data} if args.data else {}))
+    first = start(args.recipe, env, gpus, os.path.join(save_dir, "run1_killed.log"), new_session=True)
+    checkpoint = os.path.join(save_dir, "checkpoint_last.pt")
+    deadline = time.time() + args.timeout
+    while last_update(os.path.join(save_dir, "train.log")) < args.kill_at or not os.path.exists(checkpoint):
+        if first.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"run ended or timed out before update {args.kill_at}: see {first.log_path}")
+        time.sleep(1)
+    ranks = rank_pids(first.pid)
+    if len(ranks) != len(gpus):
+        os.killpg(first.pid, signal.SIGKILL)
+        raise RuntimeError(f"found {len(ranks)} worker processes for {len(gpus)} GPUs: {ranks}")
+    killed_at = last_update(os.path.join(save_dir, "train.log"))
+    victim = ranks[args.kill_rank]
+    os.kill(victim, signal.SIGKILL)
+    t_kill = time.time()
+    try:
+        rc = first.wait(timeout=args.stop_timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(first.pid, signal.SIGKILL)
+        raise RuntimeError(f"the job did not stop within {args.stop_timeout}s of killing rank {args.kill_rank}")
+    stop_s = time.time() - t_kill
+    with open(first.log_path) as f:
+        first_log = f.read()
+    errors = [line for line in first_log.splitlines() if re.search(r"error:|Error\b|Exception|terminated", line)]
+    time.sleep(5)  # let the launcher's helpers (multiprocessing's resource tracker) exit
+    leftover = [cmd[:120] for pid, (_, cmd) in sorted(session_processes(first.pid).items())]
+    second = start(args.recipe, env, gpus, os.path.join(save_dir, "run2_resumed.log"))
+    second_log = finish(second, "the re-run")
+    loaded = LOADED.search(second_log)
+    result = {
+        "config": name, "gpus": len(gpus), "killed_rank": args.kill_rank, "killed_pid": victim,
+        "killed_at_update": killed_at, "exit_status": rc, "stopped_after_s": round(stop_s, 1),
+        "leftover_workers": leftover, "error_lines": errors[-6:],
+        "resumed_from_update": int(loaded.group(3)) if loaded else None,
+        "final_update": last_update(os.path.join(save_dir, "train.log")),
+    }  # fmt: skip
+    ok = rc != 0 and not leftover and loaded is not None and 0 < result["resumed_from_update"] <= killed_at
+    table = ["| config | GPUs | killed rank at update | exit status | stopped after | resumed from update | finished at update |",  # noqa: E501
+             "|---|---|---|---|---|---|---|",
+             f"| {name} | {len(gpus)} | {args.kill_rank} at {killed_at} | {rc} | {stop_s:.1f} s "
+             f"| {result['resumed_from_update']} | {result['final_update']} |"]  # fmt: skip
+    table += ["", "error lines of the stopped job:", *[f"    {line.strip()[:200]}" for line in errors[-6:]]]
+    return result, table, ok
+
+
+def evaluate(args, configs, gpus):
+    n, rows = len(gpus), []
+    for save_dir in args.save_dir:
+        outputs = {}
+        for k, use in ((n, gpus), (1, gpus[:1])):
+            hyp = os.path.join(save_dir, f"hypotheses_{k}gpu.txt")
+            env = dict(SAVE_DIR=save_dir, RESULT=os.path.join(save_dir, f"bleu_{k}gpu.json"), HYPOTHESES=hyp)
+            if args.data:
+                env["DATA"] = args.data
+            t0 = time.time()
+            finish(start(args.evaluate, env, use, os.path.join(save_dir, f"evaluate_{k}gpu.log")), f"evaluate {k} GPU")
+            with open(env["RESULT"]) as f, open(hyp, "rb") as h:
+                outputs[k] = (json.load(f), h.read(), time.time() - t0)
+        (res_n, hyp_n, t_n), (res_1, hyp_1, t_1) = outputs[n], outputs[1]
+        rows.append({
+            "save_dir": save_dir, "bleu_1gpu": res_1["sacrebleu"], f"bleu_{n}gpu": res_n["sacrebleu"],
+            "shards": res_n["shards"], "identical_hypotheses": hyp_n == hyp_1, "sentences": res_1["sentences"],
+            "seconds_1gpu": round(t_1, 1), f"seconds_{n}gpu": round(t_n, 1), "signature": res_1["signature"],
+        })  # fmt: skip
+    table = [f"| run | sentences | BLEU 1 GPU | BLEU {n} GPUs ({n} shards) | identical hypotheses | time 1 GPU | time {n} GPUs |",  # noqa: E501
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        same = "yes" if r["identical_hypotheses"] else "NO"
+        table.append(f"| {os.path.basename(r['save_dir'])} | {r['sentences']} | {r['bleu_1gpu']} | {r[f'bleu_{n}gpu']} "
+                     f"| {same} | {r['seconds_1gpu']} s | {r[f'seconds_{n}gpu']} s |")  # fmt: skip
+    ok = all(r["identical_hypotheses"] and r["bleu_1gpu"] == r[f"bleu_{n}gpu"] for r in rows)
+    return {"gpus": n, "rows": rows}, table, ok
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="check", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", help="binarized data (default: the recipe's)")
+    common.add_argument("--config", action="append", help="NAME:VAR=value ... (train.sh environment)")
+    common.add_argument("--recipe", default="recipes/wmt14_en_de/train.sh")
+    common.add_argument("--workdir", default="work/multi_gpu")
+    common.add_argument("--seed", type=int, default=1)
+    common.add_argument("--out", help="write the results as JSON here")
+    p = sub.add_parser("loss", parents=[common])
+    p.add_argument("--updates", type=int, default=50)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--tolerance", type=float, default=0.02, help="max |loss difference| accepted (fp16 noise)")
+    p.add_argument("--fp32", action="store_true", help="train in fp32 (default: the recipe's --fp16)")
+    p.add_argument(
+        "--fp16-init-scale", type=int, default=16,
+        help="a loss scale that does not overflow at the start: an overflow skips the batch, and 1 GPU (fp16 "
+        "gradients summed over update-freq micro-batches) and N GPUs do not overflow on the same updates",
+    )  # fmt: skip
+    p = sub.add_parser("scaling", parents=[common])
+    p.add_argument("--updates", type=int, default=400)
+    p.add_argument("--warmup", type=int, default=200, help="updates excluded (speed ramps up over ~100 updates)")
+    p.add_argument("--max-tokens", type=int, help="tokens per GPU per step (default: the recipe's)")
+    p.add_argument("--tokens-per-update", type=int, help="effective batch (default: the recipe's)")
+    p.add_argument("--target", type=float, default=1.8, help="speed-up expected on all GPUs")
+    p = sub.add_parser("resume", parents=[common])
+    p.add_argument("--save-dir", required=True)
+    p.add_argument("--kill-at", type=int, required=True, help="kill a rank once train.log shows this update")
+    p.add_argument("--kill-rank", type=int, default=1)
+    p.add_argument("--fresh", action="store_true", help="delete --save-dir first")
+    p.add_argument("--timeout", type=int, default=3600)
+    p.add_argument("--stop-timeout", type=int, default=300, help="seconds the job may take to stop after the kill")
+    p = sub.add_parser("evaluate", parents=[common])
+    p.add_argument("--evaluate", default="recipes/wmt14_en_de/evaluate.sh")
+    p.add_argument("--save-dir", action="append", required=True, help="trained run (repeatable)")
+    args = parser.parse_args()
+    gpus = visible_gpus()
+    configs = parse_configs(args.config)
+    if args.check == "resume" and len(configs) != 1:
+        parser.error("resume takes exactly one --config")
+    os.makedirs(args.workdir, exist_ok=True)
+    result, table, ok = {"loss": loss_check, "scaling": scaling, "resume": resume, "evaluate": evaluate}[args.check](
+        args, configs, gpus
+    )
+    result.update(check=args.check, passed=ok, argv=sys.argv)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.out)), delete=False) as tmp:
+            json.dump(result, tmp, indent=1)
+        os.replace(tmp.name, args.out)
+    print("\n".join(table))
+    print(f"{args.check}: {'PASSED' if ok else 'FAILED'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

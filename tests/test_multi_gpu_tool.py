@@ -1,0 +1,60 @@
+"""benchmarks/multi_gpu.py's kill-a-rank check, on a stand-in for fairseq-train that spawns two ranks like it.
+
+The stand-in logs fairseq's interval lines, saves checkpoint_last every 5 updates and, when one exists,
+prints fairseq's "loaded checkpoint" line and continues from it; the recipe wraps it as train.sh does.
+"""
+
+import sys
+import types
+
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import multi_gpu  # noqa: E402
+
+FAKE_TRAIN = """
+import os, time, torch.multiprocessing as mp
+SAVE = os.environ["SAVE_DIR"]
+def work(rank, start):
+    for u in range(start + 1, 31):
+        if rank == 0:
+            with open(f"{SAVE}/train.log", "a") as f:
+                f.write(f"epoch 001: loss={10 - u / 10:.3f}, nll_loss=1, wps=100.0, ups=1, num_updates={u}, lr=1\\n")
+            if u % 5 == 0:
+                open(f"{SAVE}/checkpoint_last.pt", "w").write(str(u))
+        time.sleep(0.1)
+if __name__ == "__main__":
+    start = 0
+    if os.path.exists(f"{SAVE}/checkpoint_last.pt"):
+        start = int(open(f"{SAVE}/checkpoint_last.pt").read())
+        print(f"loaded checkpoint {SAVE}/checkpoint_last.pt (epoch 1 @ {start} updates)", flush=True)
+    mp.spawn(work, args=(start,), nprocs=2)
+"""
+RECIPE = """set -uo pipefail
+python3 -m fairseq_cli.train 2>&1 | tee -a "$SAVE_DIR/stdout_all.log"
+status=${PIPESTATUS[0]}
+(( status == 0 )) || echo "error: fairseq-train stopped with exit status $status" >&2
+exit $status
+"""
+
+
+def test_killing_a_rank_stops_the_job_and_the_same_command_resumes(tmp_path, monkeypatch):
+    (tmp_path / "fake" / "fairseq_cli").mkdir(parents=True)
+    (tmp_path / "fake" / "fairseq_cli" / "__init__.py").write_text("")
+    (tmp_path / "fake" / "fairseq_cli" / "train.py").write_text(FAKE_TRAIN)
+    (tmp_path / "recipe.sh").write_text(RECIPE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    args = types.SimpleNamespace(save_dir=str(tmp_path / "run"), fresh=True, seed=1, data=None, kill_at=12,
+                                 recipe=str(tmp_path / "recipe.sh"), kill_rank=1, timeout=120, stop_timeout=60)  # fmt: skip
+    result, table, ok = multi_gpu.resume(args, [("stand_in", {})], ["0", "1"])
+    assert ok and result["exit_status"] != 0 and result["leftover_workers"] == []
+    assert any("process 1 terminated with signal SIGKILL" in line for line in result["error_lines"])
+    assert 10 <= result["resumed_from_update"] <= result["killed_at_update"] and result["final_update"] == 30
+    assert "| stand_in | 2 | 1 at" in table[2]
+
+
+def test_interval_lines_are_read_from_fairseq_logs():
+    line = ("2026-11-26 04:12:06 | INFO | train_inner | epoch 001:      2 / 581 loss=13.761, nll_loss=13.769, "
+            "ppl=13955.7, wps=194.1, ups=0.23, wpb=848, bsz=56, num_updates=2, lr=2.0998e-06, gnorm=7.406")  # fmt: skip
+    valid = "epoch 001 | valid on 'valid' subset | loss 9.79 | nll_loss 9.1 | num_updates 53"
+    assert multi_gpu.intervals(line + "\n" + valid) == {2: (13.761, 194.1)}
