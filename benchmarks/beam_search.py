@@ -25,7 +25,7 @@ from config_flags import split_env
 
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 TRAIN = (
-    "--share-all-embeddings --optimizer adam --lr 1e-4 --criterion label_smoothed_cross_entropy --fp16 "
+    "--share-all-embeddings --optimizer adam --lr 1e-4 --criterion label_smoothed_cross_entropy "
     "--max-tokens 4096 --max-update 1 --disable-validation --no-epoch-checkpoints --no-last-checkpoints "
     "--save-interval-updates 1 --log-format simple --no-progress-bar"
 )
@@ -39,17 +39,17 @@ def run(cmd, env=None):
     return proc.stdout
 
 
-def build(data, flags, save_dir):
+def build(data, flags, save_dir, device_flags):
     env, words = split_env(flags)
     run([sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, "--save-dir", save_dir,
-         *shlex.split(TRAIN), *words], env=env)  # fmt: skip
+         *shlex.split(TRAIN), *device_flags, *words], env=env)  # fmt: skip
     return os.path.join(save_dir, "checkpoint_1_1.pt"), env
 
 
-def translate(data, ckpt, length, batch, beam, subset, env=None):
+def translate(data, ckpt, length, batch, beam, subset, device_flags, env=None):
     out = run([
         sys.executable, "-m", "fairseq_cli.generate", data, "--user-dir", USER_DIR, "--path", ckpt,
-        "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch), "--fp16", "--quiet",
+        "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch), *device_flags, "--quiet",
         "--min-len", str(length), "--max-len-a", "0", "--max-len-b", str(length), "--required-batch-size-multiple", "1",
     ], env=env)  # fmt: skip
     m = SPEED.search(out)
@@ -67,17 +67,19 @@ def main():
     p.add_argument("--subset", default="test")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out")
+    p.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke run of the script, not a benchmark)")
     args = p.parse_args()
+    device_flags = ["--cpu"] if args.cpu else ["--fp16"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = []
         for i, spec in enumerate(args.config):
             name, _, flags = spec.partition(":")
-            ckpts.append((name, build(args.data, flags, os.path.join(tmp, str(i)))))
+            ckpts.append((name, build(args.data, flags, os.path.join(tmp, str(i)), device_flags)))
         for length in map(int, args.lengths.split(",")):
             for name, (ckpt, env) in ckpts:
                 runs = [
-                    translate(args.data, ckpt, length, args.batch_size, args.beam, args.subset, env)
+                    translate(args.data, ckpt, length, args.batch_size, args.beam, args.subset, device_flags, env)
                     for _ in range(args.repeats)
                 ]
                 sps = statistics.median(r[0] for r in runs)

@@ -58,16 +58,16 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     tiny = TINY.replace("--num-workers 0", "--num-workers 0 --log-interval 1")
     runs = tmp_path / "runs"
     env = dict(DATA=str(bin_dir), FP16="0", MAX_UPDATE="6", WARMUP="5", MAX_TOKENS="2048", TOKENS_PER_UPDATE="2048",
-               EXTRA=tiny, WARM_START_EXTRA=tiny, WARM_START="3", RUNS_DIR=str(runs), TABLE="", PLOT="",
+               EXTRA=tiny, WARM_START_EXTRA=tiny, WARM_START="3", PATIENCE="50", RUNS_DIR=str(runs), TABLE="", PLOT="",
                REFERENCE=str(raw / "test.tgt"), REMOVE_BPE="none", GENERATE_ARGS="--max-len-a 0 --max-len-b 5")  # fmt: skip
     proc = subprocess.run(["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1", "transformer:32:1"],
                           env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = runs / "collab_dk16_ws3_s1"
     warm = (run / "warm_start" / "train.log").read_text()
-    assert "arch='transformer_iwslt_de_en'" in warm and "num_updates 3" in warm
+    assert "arch='transformer_iwslt_de_en'" in warm and "num_updates 3" in warm and "patience=-1" in warm
     log = (run / "train.log").read_text()
-    assert "finetune_from_model='" in log and "collab_key_dim=16" in log
+    assert "finetune_from_model='" in log and "collab_key_dim=16" in log and "patience=50" in log
     assert "warmup_updates=2" in log and "warmup_init_lr=0.0006" in log  # lr(3) of the single 5-update warm-up
     assert "num_updates 3" in log  # 3 + 3 = MAX_UPDATE
     assert json.load(open(run / "bleu.json"))["tag"] == "_ws3"

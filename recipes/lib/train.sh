@@ -7,6 +7,8 @@
 #   KEY_DIM        D_k (collab/concat)                     ATTENTIONS encoder_self,decoder_self,encoder_decoder
 #   MIXING_INIT    concatenate | normal | xavier           SEED       random seed
 #   MAX_UPDATE, LR, WARMUP, DROPOUT, WEIGHT_DECAY, CLIP_NORM
+#   PATIENCE       train to convergence: stop once N validations in a row did not improve the validation loss
+#                  (fairseq's --patience; MAX_UPDATE stays the cap)
 #   TOKENS_PER_UPDATE  effective batch in tokens, kept whatever the GPU count (tokens x GPUs x update-freq)
 #   MAX_TOKENS     tokens per GPU per step                 FP16       1 (default) | 0
 #   EXTRA          more fairseq-train flags
@@ -43,6 +45,7 @@ UPDATE_FREQ=$(( (TOKENS_PER_UPDATE + MAX_TOKENS * WORLD - 1) / (MAX_TOKENS * WOR
 # shrink the per-GPU batch so that GPUs x update-freq x MAX_TOKENS is the target, not up to WORLD times more
 MAX_TOKENS=$(( (TOKENS_PER_UPDATE + WORLD * UPDATE_FREQ - 1) / (WORLD * UPDATE_FREQ) ))
 PREC=(); [[ "$FP16" == 1 ]] && PREC=(--fp16)
+STOP=(); [[ -n "${PATIENCE:-}" ]] && STOP=(--patience "$PATIENCE")
 
 mkdir -p "$SAVE_DIR"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -52,7 +55,8 @@ if [[ -n "${WARM_START:-}" ]]; then
     echo "error: WARM_START=$WARM_START must be in (0, min(WARMUP=$WARMUP, MAX_UPDATE=$MAX_UPDATE))" >&2; exit 2; }
   INIT="$SAVE_DIR/warm_start_dk$KEY_DIM.pt"
   if [[ ! -s "$SAVE_DIR/checkpoint_last.pt" && ! -s "$INIT" ]]; then
-    MAX_UPDATE="$WARM_START" HEADS=transformer KEY_DIM="" WARM_START="" SAVE_DIR="$SAVE_DIR/warm_start" EXTRA="${WARM_START_EXTRA:-}" \
+    MAX_UPDATE="$WARM_START" HEADS=transformer KEY_DIM="" WARM_START="" PATIENCE="" SAVE_DIR="$SAVE_DIR/warm_start" \
+      EXTRA="${WARM_START_EXTRA:-}" \
       "${BASH_SOURCE[0]}"
     python3 -m collab_fairseq.cli.reparametrize "$SAVE_DIR/warm_start/checkpoint_last.pt" "$INIT" --key-dim "$KEY_DIM" \
       --attentions "${ATTENTIONS:-encoder_self,decoder_self,encoder_decoder}" --report "$SAVE_DIR/warm_start/reparametrize.json" --force
@@ -74,7 +78,7 @@ python3 -m fairseq_cli.train "$DATA" --user-dir "$REPO/collab_fairseq" "${MODEL[
   --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr "${WARMUP_INIT_LR:-1e-07}" \
   --dropout "$DROPOUT" --weight-decay "${WEIGHT_DECAY:-0.0}" \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-  --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAX_UPDATE" "${PREC[@]}" \
+  --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAX_UPDATE" "${PREC[@]}" "${STOP[@]}" \
   --seed "$SEED" --save-dir "$SAVE_DIR" --no-epoch-checkpoints --keep-last-epochs 0 \
   --log-format simple --log-interval 100 --no-progress-bar --tensorboard-logdir "$SAVE_DIR/tb" \
   ${EXTRA:-} 2>&1 | tee -a "$SAVE_DIR/train.log"

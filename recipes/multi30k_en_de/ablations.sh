@@ -24,6 +24,11 @@ declare -A CONFIG=(  # NAME -> "HEADS KEY_DIM | environment for train.sh"
   [warm_start600_u3600]="collab 128 | WARM_START=600 MAX_UPDATE=3600"
   [warm_start300]="collab 128 | WARM_START=300"
   [collab64_warm_start600]="collab 64 | WARM_START=600"
+  # to convergence: until 10 validations (epochs, ~70 updates each) bring no better validation loss
+  [transformer_converged]="transformer 512 | MAX_UPDATE=10000 PATIENCE=10"
+  [concat128_converged]="concat 128 | MAX_UPDATE=10000 PATIENCE=10"
+  [warm_start600_converged]="collab 128 | WARM_START=600 MAX_UPDATE=10000 PATIENCE=10"
+  [collab64_warm_start600_converged]="collab 64 | WARM_START=600 MAX_UPDATE=10000 PATIENCE=10"
 )
 if [[ "${1:-}" == --list || $# -eq 0 ]]; then
   for name in "${!CONFIG[@]}"; do echo "$name: ${CONFIG[$name]}"; done | sort; exit 0
