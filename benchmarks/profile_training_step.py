@@ -1,0 +1,181 @@
+"""Where a training step's time goes: fairseq's transformer against transformer_collab, kernel by kernel.
+
+Each configuration is built with fairseq's own task and model code (a synthetic joined dictionary of
+--vocab entries), converted to fp16 as ``--fp16`` does, and runs --steps forward + backward passes of
+label-smoothed cross-entropy on the same random batches of --sentences x --tokens (lengths drawn between
+half and all of --tokens, so there is padding) under torch.profiler. Printed per configuration: device time
+per step and its split into kernel groups (GEMM, fused attention, softmax, elementwise/copies, reductions,
+other), then each configuration's top kernels. The optimizer step is left out (its cost follows the
+parameter count). On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measurement).
+
+    python benchmarks/profile_training_step.py --out results/performance/profile_step.json \\
+        --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
+        --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128"
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from collections import defaultdict
+
+import torch
+from config_flags import split_env
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from torch.profiler import ProfilerActivity, profile
+
+USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
+GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report them
+    (
+        "gemm",
+        re.compile(r"gemm|cutlass|cublas|sm\d+_xmma|ampere_|hopper_|nvjet|aten::(mm|bmm|addmm|baddbmm|matmul)", re.I),
+    ),
+    ("fused attention", re.compile(r"flash|fmha|efficient_attention|scaled_dot_product", re.I)),
+    ("softmax", re.compile(r"softmax", re.I)),
+    ("reductions", re.compile(r"reduce|norm|sum|mean", re.I)),
+    (
+        "elementwise/copies",
+        re.compile(r"elementwise|vectorized|copy|cat|fill|masked|mul|add|where|index|dropout|bernoulli", re.I),
+    ),
+]
+
+
+def build(flags, data_dir):
+    """fairseq model + criterion + task from training flags; VAR=value words hold while the model is built."""
+    env, words = split_env(flags)
+    changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    saved = {k: os.environ.get(k) for k in changed}
+    os.environ.update(changed)  # e.g. COLLAB_FAIRSEQ_ATTENTION, read when the attention layers are built
+    try:
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(
+            parser,
+            [data_dir, "--user-dir", USER_DIR, "--task", "translation", "-s", "src", "-t", "tgt",
+             "--share-all-embeddings", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+             *words],
+        )  # fmt: skip
+        cfg = convert_namespace_to_omegaconf(args)
+        task = tasks.setup_task(cfg.task)
+        return task.build_model(cfg.model), task.build_criterion(cfg.criterion), task
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def batches(task, n, sentences, tokens, device):
+    gen = torch.Generator().manual_seed(0)
+    vocab, pad, eos = len(task.source_dictionary), task.source_dictionary.pad(), task.source_dictionary.eos()
+    out = []
+    for _ in range(n):
+        lengths = torch.randint(tokens // 2, tokens + 1, (sentences,), generator=gen)
+        src = torch.randint(4, vocab, (sentences, tokens), generator=gen)
+        src[torch.arange(tokens)[None, :] >= lengths[:, None]] = pad  # right padding
+        tgt = torch.randint(4, vocab, (sentences, tokens), generator=gen)
+        tgt[:, -1] = eos
+        prev = torch.cat([tgt.new_full((sentences, 1), eos), tgt[:, :-1]], dim=1)
+        sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+                  "target": tgt, "ntokens": int(tgt.numel()), "nsentences": sentences}  # fmt: skip
+        out.append(_to(sample, device))
+    return out
+
+
+def _to(obj, device):
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj.to(device) if torch.is_tensor(obj) else obj
+
+
+def group_of(name):
+    return next((group for group, pattern in GROUPS if pattern.search(name)), "other")
+
+
+def profile_config(name, flags, data_dir, args, device):
+    model, criterion, task = build(flags, data_dir)
+    model = model.to(device).train()
+    if device.type == "cuda":
+        model = model.half()
+    samples = batches(task, args.warmup + args.steps, args.sentences, args.tokens, device)
+
+    def step(sample):
+        model.zero_grad(set_to_none=True)
+        loss, _, _ = criterion(model, sample)
+        loss.backward()
+
+    for sample in samples[: args.warmup]:
+        step(sample)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for sample in samples[args.warmup :]:
+            step(sample)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    kernels = defaultdict(float)
+    for event in prof.key_averages():
+        if device.type == "cuda":
+            us = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
+            if us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
+                kernels[event.key] += us
+        elif event.key.startswith("aten::") and event.self_cpu_time_total > 0:
+            kernels[event.key] += event.self_cpu_time_total
+    per_step_ms = {k: us / 1000 / args.steps for k, us in kernels.items()}
+    groups = defaultdict(float)
+    for kernel, ms in per_step_ms.items():
+        groups[group_of(kernel)] += ms
+    return {
+        "config": name, "flags": flags, "params": sum(p.numel() for p in model.parameters()),
+        "ms_per_step": sum(per_step_ms.values()), "groups_ms": dict(groups),
+        "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[: args.top],
+    }  # fmt: skip
+
+
+def write_dict(data_dir, vocab):
+    with open(os.path.join(data_dir, "dict.src.txt"), "w") as f:
+        f.writelines(f"w{i} 1\n" for i in range(vocab - 4))  # fairseq adds <s> <pad> </s> <unk>
+    os.link(os.path.join(data_dir, "dict.src.txt"), os.path.join(data_dir, "dict.tgt.txt"))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")
+    p.add_argument("--sentences", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--out")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        write_dict(data_dir, args.vocab)
+        for spec in args.config:
+            name, _, flags = spec.partition(":")
+            rows.append(profile_config(name, flags, data_dir, args, device))
+            print(f"{name}: {rows[-1]['ms_per_step']:.2f} ms/step", file=sys.stderr, flush=True)
+    base = rows[0]["ms_per_step"]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                       "torch": torch.__version__, "sentences": args.sentences, "tokens": args.tokens,
+                       "steps": args.steps, "rows": rows}, f, indent=1)  # fmt: skip
+    names = [g for g, _ in GROUPS] + ["other"]
+    print(f"| config | ms/step | vs baseline | {' | '.join(names)} |")
+    print("|---" * (len(names) + 3) + "|")
+    for r in rows:
+        cells = " | ".join(f"{r['groups_ms'].get(g, 0.0):.2f}" for g in names)
+        print(f"| {r['config']} | {r['ms_per_step']:.2f} | {r['ms_per_step'] / base:.3f} | {cells} |")
+    for r in rows:
+        print(f"\n{r['config']}: top kernels (ms/step)")
+        for kernel, ms in r["top_kernels_ms"]:
+            print(f"  {ms:8.3f}  {kernel[:110]}")
+
+
+if __name__ == "__main__":
+    main()
