@@ -128,7 +128,7 @@ def main():
             rows.append(
                 {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms}
             )
-            for impl in ("sdpa", "bmm"):
+            for impl in ("sdpa", "bmm", "folded"):
                 err, ok = agree(layer, impl, x, padding, dtype, tol)
                 row = {"shape": shape, "layer": f"ours ({impl})", "key_dim": key_dim, "max_rel_error": err}
                 if ok:

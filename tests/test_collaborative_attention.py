@@ -39,7 +39,9 @@ def _causal(t):
 
 @pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
 @pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
-@pytest.mark.parametrize("need_weights,implementation", [(True, "bmm"), (False, "bmm"), (False, "sdpa")])
+@pytest.mark.parametrize(
+    "need_weights,implementation", [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded")]
+)
 def test_matches_fairseq_multihead_attention(kind, mode, need_weights, implementation):
     ref, ours = _pair(kind, mode)
     ours.implementation = implementation  # the kernel used when no weights are returned
@@ -105,11 +107,13 @@ def _random_layer(kind, key_dim=12, mode="collaborative", mixing_init="normal"):
     return layer
 
 
+@pytest.mark.parametrize("implementation", ["bmm", "folded"])
 @pytest.mark.parametrize(
     "mode,mixing_init,key_dim", [("collaborative", "normal", 12), ("concatenate", "concatenate", 8)]
 )
-def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init, key_dim):
+def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init, key_dim, implementation):
     layer = _random_layer("self", key_dim, mode, mixing_init)
+    layer.implementation = implementation
     query, _, _ = _inputs("self", tgt_len=6)
     full, _ = layer(query, query, query, attn_mask=_causal(query.size(0)), need_weights=False)
     state = {}
@@ -194,12 +198,13 @@ def test_gradients_reach_mixing_and_content_bias():
     assert layer.content_bias.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "folded"])
 @pytest.mark.parametrize("mode,key_dim", [("collaborative", 12), ("concatenate", 8)])
-def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim):
-    """With implementation="sdpa", need_weights=False takes scaled_dot_product_attention; it must train
-    exactly like the explicit path."""
+def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim, implementation):
+    """With implementation="sdpa" or "folded", need_weights=False takes scaled_dot_product_attention; it must
+    train exactly like the explicit path."""
     layer = _random_layer("self", key_dim, mode, "normal" if mode == "collaborative" else "concatenate")
-    layer.implementation = "sdpa"
+    layer.implementation = implementation
     query, _, padding = _inputs("self")
     grads = []
     for need_weights in (False, True):
@@ -210,3 +215,21 @@ def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim):
     for name in grads[1]:
         relative = (grads[0][name] - grads[1][name]).norm() / grads[1][name].norm()
         assert relative <= 1e-5, (name, relative.item())
+
+
+@pytest.mark.parametrize("mask_kind", ["causal_float", "causal_bool", "not_causal"])
+def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
+    """The folded kernel turns fairseq's future mask into is_causal and passes any other mask on as a mask."""
+    layer = _random_layer("self", 12, "collaborative", "normal")
+    query, _, padding = _inputs("self")
+    t = query.size(0)
+    mask = {
+        "causal_float": _causal(t),
+        "causal_bool": torch.ones(t, t, dtype=torch.bool).triu(1),
+        "not_causal": _causal(t).masked_fill(torch.eye(t, dtype=torch.bool).roll(2, 0), float("-inf")),
+    }[mask_kind]
+    outs = []
+    for implementation in ("bmm", "folded"):
+        layer.implementation = implementation
+        outs.append(layer(query, query, query, key_padding_mask=padding, attn_mask=mask, need_weights=False)[0])
+    assert (outs[0] - outs[1]).abs().max() <= TOL

@@ -45,18 +45,49 @@ from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 MODES = ("collaborative", "concatenate")
-IMPLEMENTATIONS = ("sdpa", "bmm")
+IMPLEMENTATIONS = ("sdpa", "bmm", "folded")
+# key value of the folded bias column at padding: finite, so no -inf * 0 in the backward through the keys,
+# yet any head dimension up to 520 gives a score <= -2600, whose exp is exactly 0; fits fp16 (max 65504)
+FOLDED_PADDING_KEY = -6.0e4
 MIXING_INITS = ("concatenate", "normal", "xavier")
 
 
 def default_implementation() -> str:
     """Attention kernel when no weights are returned: 'bmm' (one batched GEMM of all heads' queries against
-    the shared keys, then softmax; the default, fastest in fairseq training, results/performance.md) or 'sdpa'
-    (torch's fused attention with the content bias and padding as a float mask); env COLLAB_FAIRSEQ_ATTENTION."""
+    the shared keys, then softmax; the default, fastest in fairseq training, results/performance.md), 'sdpa'
+    (torch's fused attention with the content bias and padding as a float mask) or 'folded' (torch's fused
+    attention with no mask at all: the content bias and padding folded into extra key dimensions, the causal
+    mask as is_causal; not yet measured on a GPU); env COLLAB_FAIRSEQ_ATTENTION."""
     impl = os.environ.get("COLLAB_FAIRSEQ_ATTENTION", "bmm")
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"COLLAB_FAIRSEQ_ATTENTION={impl!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
     return impl
+
+
+_CAUSAL_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
+
+
+def _is_causal(attn_mask: Tensor) -> bool:
+    """Is attn_mask exactly the square future mask (-inf / True above the diagonal, 0 / False elsewhere)?
+
+    Remembered per (address, shape, strides, version), holding the mask so that its memory cannot be reused by
+    another tensor meanwhile: fairseq's decoder passes views of one cached future mask, and checking the
+    values at every call would make the CPU wait for the GPU.
+    """
+    key = (attn_mask.data_ptr(), tuple(attn_mask.shape), attn_mask.stride(), attn_mask._version)
+    if key not in _CAUSAL_MASKS:
+        t = attn_mask.size(0)
+        causal = attn_mask.dim() == 2 and attn_mask.size(1) == t
+        if causal:
+            blocked = attn_mask if attn_mask.dtype == torch.bool else torch.isinf(attn_mask) & (attn_mask < 0)
+            above = torch.ones(t, t, dtype=torch.bool, device=attn_mask.device).triu(1)
+            causal = torch.equal(blocked, above)
+            if causal and attn_mask.dtype != torch.bool:
+                causal = bool((attn_mask.masked_fill(blocked, 0) == 0).all())
+        if len(_CAUSAL_MASKS) >= 16:
+            _CAUSAL_MASKS.clear()
+        _CAUSAL_MASKS[key] = (attn_mask, causal)
+    return _CAUSAL_MASKS[key][1]
 
 
 def check_key_dim(key_dim: int, num_heads: int, mode: str, mixing_init: str, mixing_lr_scale: float = 1.0) -> None:
@@ -319,6 +350,10 @@ class CollaborativeMultiheadAttention(nn.Module):
 
         bias = self._score_bias(key_bias, key_padding_mask, attn_mask, q.dtype)  # broadcastable to B x H x T x S
 
+        if not need_weights and not before_softmax and self.implementation == "folded":
+            attn = self._folded_attention(q, k, key_bias, v, key_padding_mask, attn_mask)
+            return self._output(attn, tgt_len, bsz), None
+
         if not need_weights and not before_softmax and self.implementation == "sdpa":
             attn = F.scaled_dot_product_attention(
                 self._head_queries(q),
@@ -346,6 +381,39 @@ class CollaborativeMultiheadAttention(nn.Module):
         if not need_head_weights:
             weights = weights.mean(dim=0)
         return attn, weights
+
+    def _folded_attention(self, q, k, key_bias, v, key_padding_mask, attn_mask) -> Tensor:
+        """Fused attention with no mask tensor: B x H x T x d_v.
+
+        Every head's query gains a 1 and every key the head's content bias / scaling (a large negative
+        number at padding), zero-padded to a multiple of 8 dimensions, so q'.k' * scaling = q.k * scaling
+        + c_h(y): scaled_dot_product_attention then needs no mask and may pick its flash/efficient kernels.
+        The keys are copied per head here (d + 8 dims each), the price of folding a per-head bias in.
+        """
+        bsz, src_len = k.size(0), k.size(1)
+        queries = self._head_queries(q)  # B x H x T x d
+        keys = self._head_keys(k).expand(bsz, self.num_heads, src_len, -1)
+        width = 8 - queries.size(-1) % 8 if queries.size(-1) % 8 else 8
+        column = q.new_zeros(bsz, self.num_heads, src_len) if key_bias is None else key_bias.to(q.dtype) / self.scaling
+        if key_padding_mask is not None:
+            column = column.masked_fill(key_padding_mask.to(torch.bool)[:, None, :], FOLDED_PADDING_KEY)
+        extra_q = queries.new_zeros(queries.shape[:-1] + (width,))
+        extra_q[..., 0] = 1.0
+        extra_k = F.pad(column.unsqueeze(-1), (0, width - 1))
+        mask, causal = None, False
+        if attn_mask is not None:
+            causal = _is_causal(attn_mask)
+            if not causal:
+                mask = self._score_bias(None, None, attn_mask, queries.dtype)
+        return F.scaled_dot_product_attention(
+            torch.cat([queries, extra_q], dim=-1),
+            torch.cat([keys, extra_k.to(keys.dtype)], dim=-1),
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout_module.p if self.training else 0.0,
+            is_causal=causal,
+            scale=self.scaling,
+        )
 
     def _scores(self, q: Tensor, k: Tensor) -> Tensor:
         """Unscaled q.k for every head: B x H x T x S.
