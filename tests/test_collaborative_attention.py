@@ -217,7 +217,7 @@ def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim, impleme
         assert relative <= 1e-5, (name, relative.item())
 
 
-@pytest.mark.parametrize("mask_kind", ["causal_float", "causal_bool", "not_causal"])
+@pytest.mark.parametrize("mask_kind", ["causal_float", "causal_bool", "not_causal", "causal_view", "view_not_causal"])
 def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
     """The folded kernel turns fairseq's future mask into is_causal and passes any other mask on as a mask."""
     layer = _random_layer("self", 12, "collaborative", "normal")
@@ -227,6 +227,10 @@ def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
         "causal_float": _causal(t),
         "causal_bool": torch.ones(t, t, dtype=torch.bool).triu(1),
         "not_causal": _causal(t).masked_fill(torch.eye(t, dtype=torch.bool).roll(2, 0), float("-inf")),
+        "causal_view": _causal(t + 5)[:t, :t],  # how fairseq's decoder passes its cached future mask
+        "view_not_causal": torch.zeros(t + 5, t + 5).masked_fill(
+            torch.eye(t + 5, dtype=torch.bool).roll(1, 1), float("-inf")
+        )[:t, :t],
     }[mask_kind]
     outs = []
     for implementation in ("bmm", "folded"):

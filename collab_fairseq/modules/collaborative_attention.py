@@ -70,23 +70,29 @@ _CAUSAL_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
 def _is_causal(attn_mask: Tensor) -> bool:
     """Is attn_mask exactly the square future mask (-inf / True above the diagonal, 0 / False elsewhere)?
 
-    Remembered per (address, shape, strides, version), holding the mask so that its memory cannot be reused by
-    another tensor meanwhile: fairseq's decoder passes views of one cached future mask, and checking the
-    values at every call would make the CPU wait for the GPU.
+    fairseq's decoder passes top-left T x T views of one cached future mask, and a top-left square block of a
+    causal matrix is causal, so the values are checked once per base mask (checking them at every call would
+    make the CPU wait for the GPU) and remembered per (address, shape, strides, version, dtype), holding the
+    mask so that its memory cannot be reused by another tensor meanwhile.
     """
-    key = (attn_mask.data_ptr(), tuple(attn_mask.shape), attn_mask.stride(), attn_mask._version)
+    if attn_mask.dim() != 2 or attn_mask.size(0) != attn_mask.size(1):
+        return False
+    base = attn_mask._base
+    top_left_block = (
+        base is not None and base.dim() == 2 and base.size(0) == base.size(1)
+        and attn_mask.storage_offset() == base.storage_offset() and attn_mask.stride() == base.stride()
+    )  # fmt: skip
+    mask = base if top_left_block else attn_mask
+    key = (mask.data_ptr(), tuple(mask.shape), mask.stride(), mask._version, mask.dtype)
     if key not in _CAUSAL_MASKS:
-        t = attn_mask.size(0)
-        causal = attn_mask.dim() == 2 and attn_mask.size(1) == t
-        if causal:
-            blocked = attn_mask if attn_mask.dtype == torch.bool else torch.isinf(attn_mask) & (attn_mask < 0)
-            above = torch.ones(t, t, dtype=torch.bool, device=attn_mask.device).triu(1)
-            causal = torch.equal(blocked, above)
-            if causal and attn_mask.dtype != torch.bool:
-                causal = bool((attn_mask.masked_fill(blocked, 0) == 0).all())
+        blocked = mask if mask.dtype == torch.bool else torch.isinf(mask) & (mask < 0)
+        above = torch.ones(mask.size(0), mask.size(0), dtype=torch.bool, device=mask.device).triu(1)
+        causal = torch.equal(blocked, above)
+        if causal and mask.dtype != torch.bool:
+            causal = bool((mask.masked_fill(blocked, 0) == 0).all())
         if len(_CAUSAL_MASKS) >= 16:
             _CAUSAL_MASKS.clear()
-        _CAUSAL_MASKS[key] = (attn_mask, causal)
+        _CAUSAL_MASKS[key] = (mask, causal)
     return _CAUSAL_MASKS[key][1]
 
 
