@@ -76,9 +76,9 @@ def intervals(log_text):
 
 def start(script, env_updates, gpus, log_path, new_session=False):
     env = dict(os.environ, **env_updates, CUDA_VISIBLE_DEVICES=",".join(gpus), PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(["bash", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=new_session)  # fmt: skip
+    with open(log_path, "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(["bash", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=new_session)  # fmt: skip
     proc.log_path = log_path
     return proc
 

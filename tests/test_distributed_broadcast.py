@@ -1,7 +1,8 @@
 """Multi-GPU resume needs the other ranks to receive rank 0's checkpoint state (torch >= 2.6 safe loading).
 
-Two CPU processes over gloo run fairseq's own broadcast_object, the call that fairseq's trainer makes when
-a distributed run resumes or fine-tunes from a checkpoint.
+fairseq's trainer loads the checkpoint on rank 0 with load_checkpoint_to_cpu (its cfg becomes an omegaconf
+DictConfig) and sends it with broadcast_object; here two CPU processes over gloo run that same call on the
+state of a real checkpoint of a tiny collaborative model.
 """
 
 import io
@@ -10,40 +11,63 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
 
 
-def _state():
-    cfg = OmegaConf.create({"model": {"_name": "transformer_collab", "collab_key_dim": 128}})
-    return {"cfg": cfg, "model": {"w": torch.arange(4.0)}, "extra_state": {"num_updates": 473}}
+@pytest.fixture(scope="module")
+def checkpoint(copy_data, tmp_path_factory):
+    _, bin_dir = copy_data
+    run = tmp_path_factory.mktemp("broadcast_run")
+    run_cli("train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab", "--collab-key-dim", "16",
+            "--save-dir", run, *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "2")  # fmt: skip
+    return run / "checkpoint_last.pt"
 
 
-def _rank(rank, init_file, out_file):
+def _state(path):
+    from fairseq import checkpoint_utils
+
+    import collab_fairseq  # noqa: F401  (what --user-dir does in every rank)
+
+    return checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def _rank(rank, init_file, path, out_file):
     import torch.distributed as dist
     from fairseq.distributed import utils as dist_utils
 
     import collab_fairseq  # noqa: F401  (what --user-dir does in every rank)
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    got = dist_utils.broadcast_object(_state() if rank == 0 else None, 0, dist.group.WORLD, torch.device("cpu"))
+    got = dist_utils.broadcast_object(_state(path) if rank == 0 else None, 0, dist.group.WORLD, torch.device("cpu"))
     if rank == 1:
         with open(out_file, "w") as f:
             json.dump({"cfg_type": type(got["cfg"]).__name__, "key_dim": got["cfg"].model.collab_key_dim,
-                       "w": got["model"]["w"].tolist(), "updates": got["extra_state"]["num_updates"]}, f)  # fmt: skip
+                       "w": got["model"]["encoder.embed_tokens.weight"][:2, :3].tolist(),
+                       "updates": got["optimizer_history"][-1]["num_updates"]}, f)  # fmt: skip
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_safe_loading_alone_refuses_what_rank_0_sends():
+def test_safe_loading_alone_refuses_what_rank_0_sends(checkpoint):
     buffer = io.BytesIO()
-    torch.save(_state(), buffer)
-    buffer.seek(0)
-    with pytest.raises(Exception, match="DictConfig"):
-        torch.load(buffer, weights_only=True)
+    torch.save(_state(checkpoint), buffer)
+    allowed = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()  # torch's own allowlist, without collab_fairseq's additions
+    try:
+        buffer.seek(0)
+        with pytest.raises(Exception, match="DictConfig"):
+            torch.load(buffer, weights_only=True)
+    finally:
+        torch.serialization.add_safe_globals(allowed)
 
 
-def test_the_other_rank_receives_the_checkpoint_state(tmp_path):
+def test_the_other_rank_receives_the_checkpoint_state(checkpoint, tmp_path):
     out = tmp_path / "rank1.json"
-    mp.spawn(_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
-    assert json.loads(out.read_text()) == {"cfg_type": DictConfig.__name__, "key_dim": 128, "w": [0.0, 1.0, 2.0, 3.0],
-                                           "updates": 473}  # fmt: skip
+    mp.spawn(_rank, args=(str(tmp_path / "init"), str(checkpoint), str(out)), nprocs=2, join=True)
+    expected = _state(checkpoint)
+    assert json.loads(out.read_text()) == {
+        "cfg_type": DictConfig.__name__, "key_dim": 16,
+        "w": expected["model"]["encoder.embed_tokens.weight"][:2, :3].tolist(), "updates": 2,
+    }  # fmt: skip

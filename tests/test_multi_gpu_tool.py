@@ -20,8 +20,9 @@ def work(rank, start):
         if rank == 0:
             with open(f"{SAVE}/train.log", "a") as f:
                 f.write(f"epoch 001: loss={10 - u / 10:.3f}, nll_loss=1, wps=100.0, ups=1, num_updates={u}, lr=1\\n")
-            if u % 5 == 0:
-                open(f"{SAVE}/checkpoint_last.pt", "w").write(str(u))
+            if u % 5 == 0:  # written atomically, as fairseq saves checkpoints
+                open(f"{SAVE}/checkpoint.tmp", "w").write(str(u))
+                os.replace(f"{SAVE}/checkpoint.tmp", f"{SAVE}/checkpoint_last.pt")
         time.sleep(0.1)
 if __name__ == "__main__":
     start = 0

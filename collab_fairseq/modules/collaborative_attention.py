@@ -354,11 +354,11 @@ class CollaborativeMultiheadAttention(nn.Module):
         if key_padding_mask is not None and key_padding_mask.dim() == 0:
             key_padding_mask = None
 
-        bias = self._score_bias(key_bias, key_padding_mask, attn_mask, q.dtype)  # broadcastable to B x H x T x S
-
         if not need_weights and not before_softmax and self.implementation == "folded":
             attn = self._folded_attention(q, k, key_bias, v, key_padding_mask, attn_mask)
             return self._output(attn, tgt_len, bsz), None
+
+        bias = self._score_bias(key_bias, key_padding_mask, attn_mask, q.dtype)  # broadcastable to B x H x T x S
 
         if not need_weights and not before_softmax and self.implementation == "sdpa":
             attn = F.scaled_dot_product_attention(
@@ -403,8 +403,7 @@ class CollaborativeMultiheadAttention(nn.Module):
         column = q.new_zeros(bsz, self.num_heads, src_len) if key_bias is None else key_bias.to(q.dtype) / self.scaling
         if key_padding_mask is not None:
             column = column.masked_fill(key_padding_mask.to(torch.bool)[:, None, :], FOLDED_PADDING_KEY)
-        extra_q = queries.new_zeros(queries.shape[:-1] + (width,))
-        extra_q[..., 0] = 1.0
+        extra_q = F.pad(queries.new_ones(queries.shape[:-1] + (1,)), (0, width - 1))
         extra_k = F.pad(column.unsqueeze(-1), (0, width - 1))
         mask, causal = None, False
         if attn_mask is not None:
