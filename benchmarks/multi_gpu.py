@@ -211,6 +211,17 @@ def rank_pids(session_id):
     return sorted(pid for pid, (ppid, cmd) in procs.items() if ppid in mains and "spawn_main" in cmd)
 
 
+def leftover_processes(session_id, grace_s):
+    """Command lines still running in the session after up to grace_s seconds (helpers such as
+    multiprocessing's resource tracker exit shortly after the job; a loaded machine makes that slower)."""
+    deadline = time.time() + grace_s
+    while True:
+        left = [cmd[:120] for _, (_, cmd) in sorted(session_processes(session_id).items())]
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def last_update(path):
     try:
         with open(path) as f:
@@ -251,8 +262,7 @@ def resume(args, configs, gpus):
     with open(first.log_path) as f:
         first_log = f.read()
     errors = [line for line in first_log.splitlines() if re.search(r"error:|Error\b|Exception|terminated", line)]
-    time.sleep(5)  # let the launcher's helpers (multiprocessing's resource tracker) exit
-    leftover = [cmd[:120] for pid, (_, cmd) in sorted(session_processes(first.pid).items())]
+    leftover = leftover_processes(first.pid, grace_s=30)
     second = start(args.recipe, env, gpus, os.path.join(save_dir, "run2_resumed.log"))
     second_log = finish(second, "the re-run")
     loaded = LOADED.search(second_log)

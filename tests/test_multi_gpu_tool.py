@@ -2,6 +2,8 @@
 
 The stand-in logs fairseq's interval lines, saves checkpoint_last every 5 updates and, when one exists,
 prints fairseq's "loaded checkpoint" line and continues from it; the recipe wraps it as train.sh does.
+Its ranks meet at a barrier every update, as fairseq's ranks meet in the gradient all-reduce: once a rank
+is killed the others cannot train on (without it rank 0 raced past the update the check read, under load).
 """
 
 import sys
@@ -15,8 +17,9 @@ import multi_gpu  # noqa: E402
 FAKE_TRAIN = """
 import os, time, torch.multiprocessing as mp
 SAVE = os.environ["SAVE_DIR"]
-def work(rank, start):
+def work(rank, start, barrier):
     for u in range(start + 1, 31):
+        barrier.wait(timeout=60)  # the all-reduce
         if rank == 0:
             with open(f"{SAVE}/train.log", "a") as f:
                 f.write(f"epoch 001: loss={10 - u / 10:.3f}, nll_loss=1, wps=100.0, ups=1, num_updates={u}, lr=1\\n")
@@ -29,7 +32,7 @@ if __name__ == "__main__":
     if os.path.exists(f"{SAVE}/checkpoint_last.pt"):
         start = int(open(f"{SAVE}/checkpoint_last.pt").read())
         print(f"loaded checkpoint {SAVE}/checkpoint_last.pt (epoch 1 @ {start} updates)", flush=True)
-    mp.spawn(work, args=(start,), nprocs=2)
+    mp.spawn(work, args=(start, mp.get_context("spawn").Barrier(2)), nprocs=2)
 """
 RECIPE = """set -uo pipefail
 python3 -m fairseq_cli.train 2>&1 | tee -a "$SAVE_DIR/stdout_all.log"
@@ -48,7 +51,8 @@ def test_killing_a_rank_stops_the_job_and_the_same_command_resumes(tmp_path, mon
     args = types.SimpleNamespace(save_dir=str(tmp_path / "run"), fresh=True, seed=1, data=None, kill_at=12,
                                  recipe=str(tmp_path / "recipe.sh"), kill_rank=1, timeout=120, stop_timeout=60)  # fmt: skip
     result, table, ok = multi_gpu.resume(args, [("stand_in", {})], ["0", "1"])
-    assert ok and result["exit_status"] != 0 and result["leftover_workers"] == []
+    assert result["exit_status"] != 0 and result["leftover_workers"] == [], result
+    assert ok, result
     assert any("process 1 terminated with signal SIGKILL" in line for line in result["error_lines"])
     assert 10 <= result["resumed_from_update"] <= result["killed_at_update"] and result["final_update"] == 30
     assert "| stand_in | 2 | 1 at" in table[2]
