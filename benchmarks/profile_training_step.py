@@ -68,12 +68,13 @@ def build(flags, data_dir):
                 os.environ[k] = v
 
 
-def batches(task, n, sentences, tokens, device):
+def batches(task, n, sentences, tokens, device, padded=True):
+    """n samples of sentences x tokens random words; padded: lengths drawn between tokens/2 and tokens."""
     gen = torch.Generator().manual_seed(0)
     vocab, pad, eos = len(task.source_dictionary), task.source_dictionary.pad(), task.source_dictionary.eos()
     out = []
     for _ in range(n):
-        lengths = torch.randint(tokens // 2, tokens + 1, (sentences,), generator=gen)
+        lengths = torch.randint(tokens // 2 if padded else tokens, tokens + 1, (sentences,), generator=gen)
         src = torch.randint(4, vocab, (sentences, tokens), generator=gen)
         src[torch.arange(tokens)[None, :] >= lengths[:, None]] = pad  # right padding
         tgt = torch.randint(4, vocab, (sentences, tokens), generator=gen)
@@ -140,25 +141,42 @@ def write_dict(data_dir, vocab):
     os.link(os.path.join(data_dir, "dict.src.txt"), os.path.join(data_dir, "dict.tgt.txt"))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_parser(description, sentences, top):
+    """The options both step benchmarks take: configurations, batch shape, vocabulary, output."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")
-    p.add_argument("--sentences", type=int, default=128)
+    p.add_argument("--sentences", type=int, default=sentences)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--top", type=int, default=top)
     p.add_argument("--out")
-    args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def for_each_config(args, measure, summary):
+    """[measure(name, flags, data_dir)] over --config, in a temporary data dir of a --vocab dictionary;
+    summary(row) is printed to stderr after each."""
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         write_dict(data_dir, args.vocab)
         for spec in args.config:
             name, _, flags = spec.partition(":")
-            rows.append(profile_config(name, flags, data_dir, args, device))
-            print(f"{name}: {rows[-1]['ms_per_step']:.2f} ms/step", file=sys.stderr, flush=True)
+            rows.append(measure(name, flags, data_dir))
+            print(f"{name}: {summary(rows[-1])}", file=sys.stderr, flush=True)
+    return rows
+
+
+def main():
+    p = step_parser(__doc__, sentences=128, top=12)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=5)
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = for_each_config(
+        args,
+        lambda name, flags, data_dir: profile_config(name, flags, data_dir, args, device),
+        lambda row: f"{row['ms_per_step']:.2f} ms/step",
+    )
     base = rows[0]["ms_per_step"]
     if args.out:
         with open(args.out, "w") as f:

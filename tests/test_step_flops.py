@@ -1,0 +1,54 @@
+"""benchmarks/step_flops.py: its attention FLOP split equals the closed form for both architectures.
+
+Per target token of a forward pass with S = T tokens on both sides, E model dims, H heads, per attention
+layer: fairseq's heads 4 x 2E^2 (q, k, v, out) + 2 x 2ES (scores, values); collaborative heads
+2 x 2ED_k + 2 x 2E^2 + 2E x 8 (content bias, H = 4 outputs, and the 4 zero outputs that pad the fused
+projection to a multiple of 8) + 2HD_kS (every head scores over all D_k) + 2ES.
+"""
+
+import sys
+import tempfile
+import types
+
+import pytest
+
+from tests.helpers import REPO, TINY_MODEL
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import step_flops  # noqa: E402
+from profile_training_step import write_dict  # noqa: E402
+
+E, H, LAYERS, D_K, SENTENCES, TOKENS = 64, 4, 2 * 3, 32, 4, 8  # TINY_MODEL: 2+2 layers -> 6 attention layers
+
+
+@pytest.fixture(scope="module")
+def rows():
+    args = types.SimpleNamespace(sentences=SENTENCES, tokens=TOKENS, top=5)
+    with tempfile.TemporaryDirectory() as data_dir:
+        write_dict(data_dir, 100)
+        return {
+            name: step_flops.count_config(name, flags, data_dir, args)
+            for name, flags in [
+                ("transformer", " ".join(["--arch transformer", *TINY_MODEL])),
+                ("collab", " ".join(["--arch transformer_collab --collab-key-dim", str(D_K), *TINY_MODEL])),
+            ]
+        }
+
+
+def test_attention_flops_match_the_closed_form(rows):
+    base, collab = rows["transformer"], rows["collab"]
+    assert base["forward_attention_projection_flops_per_token"] == LAYERS * 4 * 2 * E * E
+    assert base["forward_attention_score_flops_per_token"] == LAYERS * 2 * 2 * E * TOKENS
+    assert collab["forward_attention_projection_flops_per_token"] == LAYERS * (
+        2 * 2 * E * D_K + 2 * 2 * E * E + 2 * E * 8
+    )
+    assert collab["forward_attention_score_flops_per_token"] == LAYERS * (2 * H * D_K * TOKENS + 2 * E * TOKENS)
+
+
+def test_a_step_is_forward_plus_about_twice_its_work_in_backward(rows):
+    for row in rows.values():
+        forward = row["forward_flops_per_token"] * row["target_tokens"] / 1e9
+        assert (
+            2.5 * forward < row["gflops_per_step"] < 3.05 * forward
+        )  # backward ~2x forward (no input grads at embeddings)
+        assert row["operators_per_step"] > 100
