@@ -1,4 +1,4 @@
-"""benchmarks/step_flops.py: its attention FLOP split equals the closed form for both architectures.
+"""benchmarks/step_flops.py and decode_step_counts.py: their counts equal the closed form for both architectures.
 
 Per target token of a forward pass with S = T tokens on both sides, E model dims, H heads, per attention
 layer: fairseq's heads 4 x 2E^2 (q, k, v, out) + 2 x 2ES (scores, values); collaborative heads
@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import REPO, TINY_MODEL
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import decode_step_counts  # noqa: E402
 import step_flops  # noqa: E402
 from profile_training_step import write_dict  # noqa: E402
 
@@ -52,3 +53,17 @@ def test_a_step_is_forward_plus_about_twice_its_work_in_backward(rows):
             2.5 * forward < row["gflops_per_step"] < 3.05 * forward
         )  # backward ~2x forward (no input grads at embeddings)
         assert row["operators_per_step"] > 100
+
+
+def test_decode_step_counts_read_the_cache_each_architecture_keeps():
+    args = types.SimpleNamespace(sentences=2, source_tokens=5, length=[4], vocab=100, top=3)
+    with tempfile.TemporaryDirectory() as data_dir:
+        write_dict(data_dir, 100)
+        base, collab = (
+            decode_step_counts.count_config(name, " ".join([flags, *TINY_MODEL]), data_dir, args)["steps"][0]
+            for name, flags in [("t", "--arch transformer"), ("c", f"--arch transformer_collab --collab-key-dim {D_K}")]
+        )
+    cached = 4 - 1  # positions before the counted step; 2 decoder layers, fp16
+    assert base["cache_bytes_per_hypothesis"] == 2 * cached * (E + E) * 2
+    assert collab["cache_bytes_per_hypothesis"] == 2 * cached * (D_K + H + E) * 2  # shared keys, bias, values
+    assert 0 < collab["flops_per_hypothesis"] < base["flops_per_hypothesis"]
