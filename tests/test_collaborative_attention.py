@@ -173,6 +173,18 @@ def test_key_query_shapes_and_shared_parameters():
     assert layer.content_bias.weight.shape == (HEADS, EMBED)
 
 
+@pytest.mark.parametrize("tgt_len", [7, 1])
+def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
+    layer = _random_layer("self", key_dim=12)
+    fused = torch.randn(tgt_len, 3, 12 + 12 + EMBED + HEADS)  # T x B x outputs of the fused projection
+    queries = layer._head_queries(fused[..., :12], scale=layer.scaling)  # the strided q slice, as in forward
+    assert queries.shape == (3, HEADS, tgt_len, 12)
+    gemm_input = queries.reshape(3, HEADS * tgt_len, 12)  # what _scores hands to bmm
+    assert gemm_input.data_ptr() == queries.data_ptr()  # a view, not a copy of all heads' queries
+    expected = fused[..., :12].transpose(0, 1)[:, None] * layer.mixing_matrix()[None, :, None, :] * layer.scaling
+    torch.testing.assert_close(queries, expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

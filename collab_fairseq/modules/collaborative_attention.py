@@ -286,13 +286,20 @@ class CollaborativeMultiheadAttention(nn.Module):
         key_bias = c[0].permute(1, 2, 0).contiguous() if c else None
         return q, k, key_bias, v
 
-    def _head_queries(self, q: Tensor, scale: float = 1.0) -> Tensor:
-        """T x B x D_k -> per-head queries B x H x T x d (d = D_k collaborative, D_k/H concatenate), times ``scale``."""
+    def _head_queries(self, q: Tensor, scale: float = 1.0, dense: bool = True) -> Tensor:
+        """T x B x D_k -> per-head queries B x H x T x d (d = D_k collaborative, D_k/H concatenate), times ``scale``;
+        ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway)."""
         tgt_len, bsz, _ = q.shape
         if self.collaborative:
-            # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query, laid out for the GEMM
+            # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query, laid out for the GEMM.
+            # With T > 1 the shared query is made contiguous first (B x T x D_k): the product then comes out
+            # B x H x T x D_k in memory; from the strided T x B slice it would come out T-major and the GEMM's
+            # reshape would copy all H heads' queries again. (One decoding step, T = 1, needs no copy.)
             mixing = self.mixing_matrix() * scale if scale != 1.0 else self.mixing_matrix()
-            return q.transpose(0, 1).unsqueeze(1) * mixing.to(q.dtype)[None, :, None, :]
+            shared = q.transpose(0, 1)
+            if dense and tgt_len > 1:
+                shared = shared.contiguous()
+            return shared.unsqueeze(1) * mixing.to(q.dtype)[None, :, None, :]
         if scale != 1.0:
             q = q * scale
         return q.view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
@@ -397,7 +404,7 @@ class CollaborativeMultiheadAttention(nn.Module):
         The keys are copied per head here (d + 8 dims each), the price of folding a per-head bias in.
         """
         bsz, src_len = k.size(0), k.size(1)
-        queries = self._head_queries(q)  # B x H x T x d
+        queries = self._head_queries(q, dense=False)  # B x H x T x d, copied by the cat below
         keys = self._head_keys(k).expand(bsz, self.num_heads, src_len, -1)
         width = 8 - queries.size(-1) % 8 if queries.size(-1) % 8 else 8
         column = q.new_zeros(bsz, self.num_heads, src_len) if key_bias is None else key_bias.to(q.dtype) / self.scaling
