@@ -38,7 +38,7 @@ MATRIX_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product", "_flash_at
 
 
 class OperatorCounter(TorchDispatchMode):
-    """Counts the aten operators a block dispatches (views and metadata-only operators excluded), and the
+    """Counts the aten operators a block dispatches (views excluded), and the
     bytes the operators other than matrix products and fused attention read and write."""
 
     def __init__(self):
@@ -49,7 +49,7 @@ class OperatorCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if func.is_view or name in ("detach", "t", "view", "_unsafe_view"):
+        if func.is_view or name == "_unsafe_view":  # a view that aten does not mark as one
             return out
         self.counts[name] += 1
         if not name.startswith(MATRIX_OPS):
