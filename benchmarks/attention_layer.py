@@ -66,7 +66,7 @@ def agree(layer, impl, x, padding, dtype, tol):
         out.float().pow(2).mean().backward()
         return [out.float()] + [p.grad.float().clone() for p in layer.parameters() if p.grad is not None]
 
-    layer.implementation = impl
+    layer.kernel = impl
     ours = run(lambda xx: layer(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0])
     ref = run(lambda xx: naive_collab(layer, xx, padding))
     err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(ours, ref))
@@ -81,7 +81,7 @@ def cache_bytes(layer, steps=10, bsz=4):
         for _ in range(steps):
             layer(x, x, x, incremental_state=state)
     buf = layer._get_input_buffer(state)
-    keys = [buf[name] for name in ("prev_key", "prev_key_bias") if buf.get(name) is not None]
+    keys = [buf[name] for name in ("prev_key", "prev_content_bias") if buf.get(name) is not None]
     return sum(t.numel() * t.element_size() for t in keys) / bsz / steps
 
 
@@ -132,7 +132,7 @@ def main():
                 err, ok = agree(layer, impl, x, padding, dtype, tol)
                 row = {"shape": shape, "layer": f"ours ({impl})", "key_dim": key_dim, "max_rel_error": err}
                 if ok:
-                    layer.implementation = impl
+                    layer.kernel = impl
 
                     def run_ours(xx):
                         with torch.autocast("cuda", dtype=dtype):
@@ -149,8 +149,15 @@ def main():
         base = MultiheadAttention(EMBED, HEADS, self_attention=True).cuda().half().eval()
         b, o = cache_bytes(base), cache_bytes(ours)
         cache.append({"key_dim": key_dim, "fairseq_bytes": b, "ours_bytes": o, "ratio": o / b})
-    result = {"dtype": args.dtype, "embed_dim": EMBED, "heads": HEADS, "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "rows": rows, "key_cache": cache}  # fmt: skip
+    result = {
+        "dtype": args.dtype,
+        "embed_dim": EMBED,
+        "heads": HEADS,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "rows": rows,
+        "key_cache": cache,
+    }
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 
-from config_flags import split_env
-
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 TRAIN = (
     "--share-all-embeddings --optimizer adam --lr 1e-4 --criterion label_smoothed_cross_entropy "
@@ -32,26 +30,61 @@ TRAIN = (
 SPEED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
 
 
-def run(cmd, env=None):
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def run(cmd):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stdout[-3000:]}")
     return proc.stdout
 
 
 def build(data, flags, save_dir, device_flags):
-    env, words = split_env(flags)
-    run([sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR, "--save-dir", save_dir,
-         *shlex.split(TRAIN), *device_flags, *words], env=env)  # fmt: skip
-    return os.path.join(save_dir, "checkpoint_1_1.pt"), env
+    run(
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.train",
+            data,
+            "--user-dir",
+            USER_DIR,
+            "--save-dir",
+            save_dir,
+            *shlex.split(TRAIN),
+            *device_flags,
+            *shlex.split(flags),
+        ]
+    )
+    return os.path.join(save_dir, "checkpoint_1_1.pt")
 
 
-def translate(data, ckpt, length, batch, beam, subset, device_flags, env=None):
-    out = run([
-        sys.executable, "-m", "fairseq_cli.generate", data, "--user-dir", USER_DIR, "--path", ckpt,
-        "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch), *device_flags, "--quiet",
-        "--min-len", str(length), "--max-len-a", "0", "--max-len-b", str(length), "--required-batch-size-multiple", "1",
-    ], env=env)  # fmt: skip
+def translate(data, ckpt, length, batch, beam, subset, device_flags):
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.generate",
+            data,
+            "--user-dir",
+            USER_DIR,
+            "--path",
+            ckpt,
+            "--gen-subset",
+            subset,
+            "--beam",
+            str(beam),
+            "--batch-size",
+            str(batch),
+            *device_flags,
+            "--quiet",
+            "--min-len",
+            str(length),
+            "--max-len-a",
+            "0",
+            "--max-len-b",
+            str(length),
+            "--required-batch-size-multiple",
+            "1",
+        ]
+    )
     m = SPEED.search(out)
     sentences, tokens, seconds = int(m.group(1).replace(",", "")), int(m.group(2).replace(",", "")), float(m.group(3))
     return sentences / seconds, tokens / seconds
@@ -77,9 +110,9 @@ def main():
             name, _, flags = spec.partition(":")
             ckpts.append((name, build(args.data, flags, os.path.join(tmp, str(i)), device_flags)))
         for length in map(int, args.lengths.split(",")):
-            for name, (ckpt, env) in ckpts:
+            for name, ckpt in ckpts:
                 runs = [
-                    translate(args.data, ckpt, length, args.batch_size, args.beam, args.subset, device_flags, env)
+                    translate(args.data, ckpt, length, args.batch_size, args.beam, args.subset, device_flags)
                     for _ in range(args.repeats)
                 ]
                 sps = statistics.median(r[0] for r in runs)
@@ -95,7 +128,8 @@ def main():
     print("| target length | config | sentences/s | tokens/s | speed ratio |\n|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['length']} | {r['config']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['ratio']:.3f} |"
+            f"| {r['length']} | {r['config']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} "
+            f"| {r['ratio']:.3f} |"
         )
 
 

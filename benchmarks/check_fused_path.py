@@ -1,6 +1,6 @@
 """Check, on the GPU, that the fused path of CollaborativeMultiheadAttention equals its explicit path.
 
-With implementation="sdpa" (bias and padding as a mask) or "folded" (folded into extra key dimensions, no mask)
+With kernel="sdpa" (bias and padding as a mask) or "folded" (folded into extra key dimensions, no mask)
 the layer takes F.scaled_dot_product_attention when no weights are asked for, and an explicit
 softmax(QK^T) path otherwise. This script runs both on the same random inputs (padding, causal mask,
 cross-attention) in half precision and compares outputs and every parameter's gradient by relative
@@ -22,13 +22,17 @@ def relative(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check(mode, key_dim, kind, device, dtype, implementation, embed_dim=512, heads=4, tgt_len=23, src_len=37, bsz=16):
+def check(mode, key_dim, kind, device, dtype, kernel, embed_dim=512, heads=4, tgt_len=23, src_len=37, bsz=16):
     torch.manual_seed(0)
     layer = CollaborativeMultiheadAttention(
-        embed_dim, heads, key_dim=key_dim, mode=mode,
-        self_attention=kind != "cross", encoder_decoder_attention=kind == "cross",
-    ).to(device, dtype)  # fmt: skip
-    layer.implementation = implementation  # a fused kernel (not the default bmm) against the explicit path
+        embed_dim,
+        heads,
+        key_dim=key_dim,
+        mode=mode,
+        self_attention=kind != "cross",
+        encoder_decoder_attention=kind == "cross",
+    ).to(device, dtype)
+    layer.kernel = kernel  # a fused kernel (not the default bmm) against the explicit path
     if layer.content_bias is not None:
         with torch.no_grad():
             layer.content_bias.weight.normal_(0, 0.05)
@@ -68,12 +72,12 @@ def main():
     print("| kernel | mode | D_k | attention | output rel. error | worst gradient rel. error |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
-    for implementation in ("sdpa", "folded"):
+    for kernel in ("sdpa", "folded"):
         for mode, key_dim in [("collaborative", 128), ("concatenate", 128), ("collaborative", 512)]:
             for kind in ("encoder_self", "decoder_self", "cross"):
-                out_err, grad_err = check(mode, key_dim, kind, args.device, dtype, implementation)
+                out_err, grad_err = check(mode, key_dim, kind, args.device, dtype, kernel)
                 worst = max(worst, out_err, grad_err)
-                print(f"| {implementation} | {mode} | {key_dim} | {kind} | {out_err:.1e} | {grad_err:.1e} |")
+                print(f"| {kernel} | {mode} | {key_dim} | {kind} | {out_err:.1e} | {grad_err:.1e} |")
     if worst > tolerance:
         sys.exit(f"fused and explicit paths disagree: worst relative error {worst:.2e} > {tolerance}")
 

@@ -18,7 +18,7 @@ import torch
 from profile_training_step import batches, build, for_each_config, step_parser
 from step_flops import OperatorCounter, count_flops
 
-SELF_ATTENTION_CACHE = ("prev_key", "prev_value", "prev_key_bias")
+SELF_ATTENTION_CACHE = ("prev_key", "prev_value", "prev_content_bias")
 
 
 def self_attention_cache_bytes(model, incremental_state, hypotheses):
@@ -55,11 +55,15 @@ def count_config(name, flags, data_dir, args):
             state.update({k: dict(v) for k, v in before.items()})  # count the same step again
             with OperatorCounter() as ops:
                 decode()
-            row["steps"].append({
-                "length": length, "flops_per_hypothesis": flops / args.sentences,
-                "operators": sum(ops.counts.values()), "cache_bytes_per_hypothesis": cache,
-                "top_operators": ops.counts.most_common(args.top),
-            })  # fmt: skip
+            row["steps"].append(
+                {
+                    "length": length,
+                    "flops_per_hypothesis": flops / args.sentences,
+                    "operators": sum(ops.counts.values()),
+                    "cache_bytes_per_hypothesis": cache,
+                    "top_operators": ops.counts.most_common(args.top),
+                }
+            )
     return row
 
 
@@ -77,11 +81,22 @@ def main():
     )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"torch": torch.__version__, "hypotheses": args.sentences, "source_tokens": args.source_tokens,
-                       "vocab": args.vocab, "rows": rows}, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "hypotheses": args.sentences,
+                    "source_tokens": args.source_tokens,
+                    "vocab": args.vocab,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     base = {s["length"]: s for s in rows[0]["steps"]}
-    print(f"one incremental decoding step at target length L, source {args.source_tokens} tokens, "
-          f"vocabulary {args.vocab}; per hypothesis")  # fmt: skip
+    print(
+        f"one incremental decoding step at target length L, source {args.source_tokens} tokens, "
+        f"vocabulary {args.vocab}; per hypothesis"
+    )
     print(
         "| L | config | MFLOP | vs baseline | operators | vs baseline | self-attention cache KB (fp16) | vs baseline |"
     )
@@ -90,10 +105,12 @@ def main():
         for r in rows:
             s = next(s for s in r["steps"] if s["length"] == length)
             b = base[length]
-            print(f"| {length} | {r['config']} | {s['flops_per_hypothesis'] / 1e6:.2f} "
-                  f"| {s['flops_per_hypothesis'] / b['flops_per_hypothesis']:.3f} | {s['operators']} "
-                  f"| {s['operators'] / b['operators']:.2f} | {s['cache_bytes_per_hypothesis'] / 1e3:.1f} "
-                  f"| {s['cache_bytes_per_hypothesis'] / b['cache_bytes_per_hypothesis']:.3f} |")  # fmt: skip
+            print(
+                f"| {length} | {r['config']} | {s['flops_per_hypothesis'] / 1e6:.2f} "
+                f"| {s['flops_per_hypothesis'] / b['flops_per_hypothesis']:.3f} | {s['operators']} "
+                f"| {s['operators'] / b['operators']:.2f} | {s['cache_bytes_per_hypothesis'] / 1e3:.1f} "
+                f"| {s['cache_bytes_per_hypothesis'] / b['cache_bytes_per_hypothesis']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

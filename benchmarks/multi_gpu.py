@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -34,8 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-from config_flags import split_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = ["transformer:HEADS=transformer", "collab_dk128:HEADS=collab KEY_DIM=128"]
@@ -62,10 +61,10 @@ def parse_configs(specs):
     configs = []
     for spec in specs or DEFAULT_CONFIGS:
         name, _, assignments = spec.partition(":")
-        env, words = split_env(assignments)
-        if words:
+        words = shlex.split(assignments)
+        if not all("=" in w and not w.startswith("-") for w in words):
             sys.exit(f"error: --config {spec!r}: only VAR=value words are allowed after NAME:")
-        configs.append((name, {k: v for k, v in env.items() if os.environ.get(k) != v}))
+        configs.append((name, dict(w.split("=", 1) for w in words)))
     return configs
 
 
@@ -77,8 +76,9 @@ def intervals(log_text):
 def start(script, env_updates, gpus, log_path, new_session=False):
     env = dict(os.environ, **env_updates, CUDA_VISIBLE_DEVICES=",".join(gpus), PYTHONUNBUFFERED="1")
     with open(log_path, "w") as log:  # the child keeps its own handle
-        proc = subprocess.Popen(["bash", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=new_session)  # fmt: skip
+        proc = subprocess.Popen(
+            ["bash", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+        )
     proc.log_path = log_path
     return proc
 
@@ -122,11 +122,14 @@ def train_jobs(args, configs, gpus, tag, env_for, side_by_side):
 def loss_check(args, configs, gpus):
     n = len(gpus)
     env_for = lambda _: dict(  # noqa: E731
-        MAX_TOKENS=str(args.max_tokens), TOKENS_PER_UPDATE=str(args.max_tokens * n), DROPOUT="0",
-        MAX_UPDATE=str(args.updates), FP16="0" if args.fp32 else "1",
+        MAX_TOKENS=str(args.max_tokens),
+        TOKENS_PER_UPDATE=str(args.max_tokens * n),
+        DROPOUT="0",
+        MAX_UPDATE=str(args.updates),
+        FP16="0" if args.fp32 else "1",
         EXTRA="--no-save --disable-validation --log-interval 1"
         + ("" if args.fp32 else f" --fp16-init-scale {args.fp16_init_scale}"),
-    )  # fmt: skip
+    )
     logs = train_jobs(args, configs, gpus, "loss", env_for, side_by_side=True)
     rows = []
     for name, _ in configs:
@@ -135,18 +138,28 @@ def loss_check(args, configs, gpus):
         if len(common) < args.updates * 0.9:
             raise RuntimeError(f"{name}: only {len(common)} of {args.updates} updates logged by both runs")
         diffs = [abs(one[u][0] - many[u][0]) for u in common]
-        rows.append({
-            "config": name, "updates": len(common), "loss_1gpu": [one[u][0] for u in common],
-            f"loss_{n}gpu": [many[u][0] for u in common], "max_abs_diff": max(diffs),
-            "mean_abs_diff": statistics.mean(diffs), "tolerance": args.tolerance,
-            "match": max(diffs) <= args.tolerance,
-        })  # fmt: skip
-    table = [f"| config | updates | loss at 1 / last (1 GPU) | loss at 1 / last ({n} GPUs) | max abs diff | mean abs diff | within {args.tolerance} |",  # noqa: E501
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+        rows.append(
+            {
+                "config": name,
+                "updates": len(common),
+                "loss_1gpu": [one[u][0] for u in common],
+                f"loss_{n}gpu": [many[u][0] for u in common],
+                "max_abs_diff": max(diffs),
+                "mean_abs_diff": statistics.mean(diffs),
+                "tolerance": args.tolerance,
+                "match": max(diffs) <= args.tolerance,
+            }
+        )
+    table = [
+        f"| config | updates | loss at 1 / last (1 GPU) | loss at 1 / last ({n} GPUs) | max abs diff | mean abs diff | within {args.tolerance} |",  # noqa: E501
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         a, b = r["loss_1gpu"], r[f"loss_{n}gpu"]
-        table.append(f"| {r['config']} | {r['updates']} | {a[0]:.3f} / {a[-1]:.3f} | {b[0]:.3f} / {b[-1]:.3f} "
-                     f"| {r['max_abs_diff']:.3f} | {r['mean_abs_diff']:.4f} | {'yes' if r['match'] else 'NO'} |")  # fmt: skip
+        table.append(
+            f"| {r['config']} | {r['updates']} | {a[0]:.3f} / {a[-1]:.3f} | {b[0]:.3f} / {b[-1]:.3f} "
+            f"| {r['max_abs_diff']:.3f} | {r['mean_abs_diff']:.4f} | {'yes' if r['match'] else 'NO'} |"
+        )
     ok = all(r["match"] for r in rows)
     return {"gpus": n, "max_tokens": args.max_tokens, "fp32": args.fp32, "rows": rows}, table, ok
 
@@ -172,15 +185,25 @@ def scaling(args, configs, gpus):
                 raise RuntimeError(f"{name} on {k} GPU(s): no interval after update {args.warmup}; raise --updates")
             wps[k] = statistics.median(samples)
         batch = re.search(r"= (\d+) tokens/update", logs[(name, n)])
-        rows.append({
-            "config": name, "wps_1gpu": wps[1], f"wps_{n}gpu": wps[n], "speedup": wps[n] / wps[1],
-            "efficiency": wps[n] / wps[1] / n, "tokens_per_update": int(batch.group(1)) if batch else None,
-        })  # fmt: skip
-    table = [f"| config | tokens/update | words/s 1 GPU | words/s {n} GPUs | speed-up | efficiency |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+        rows.append(
+            {
+                "config": name,
+                "wps_1gpu": wps[1],
+                f"wps_{n}gpu": wps[n],
+                "speedup": wps[n] / wps[1],
+                "efficiency": wps[n] / wps[1] / n,
+                "tokens_per_update": int(batch.group(1)) if batch else None,
+            }
+        )
+    table = [
+        f"| config | tokens/update | words/s 1 GPU | words/s {n} GPUs | speed-up | efficiency |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r['config']} | {r['tokens_per_update']} | {r['wps_1gpu']:,.0f} | {r[f'wps_{n}gpu']:,.0f} "
-                     f"| {r['speedup']:.2f}x | {r['efficiency']:.0%} |")  # fmt: skip
+        table.append(
+            f"| {r['config']} | {r['tokens_per_update']} | {r['wps_1gpu']:,.0f} | {r[f'wps_{n}gpu']:,.0f} "
+            f"| {r['speedup']:.2f}x | {r['efficiency']:.0%} |"
+        )
     ok = all(r["speedup"] >= args.target for r in rows)
     return {"gpus": n, "updates": args.updates, "warmup": args.warmup, "rows": rows, "target": args.target}, table, ok
 
@@ -232,7 +255,7 @@ def last_update(path):
 
 
 def resume(args, configs, gpus):
-    (name, cfg_env), = configs  # fmt: skip
+    ((name, cfg_env),) = configs
     save_dir = args.save_dir
     if args.fresh:
         shutil.rmtree(save_dir, ignore_errors=True)
@@ -267,17 +290,25 @@ def resume(args, configs, gpus):
     second_log = finish(second, "the re-run")
     loaded = LOADED.search(second_log)
     result = {
-        "config": name, "gpus": len(gpus), "killed_rank": args.kill_rank, "killed_pid": victim,
-        "killed_at_update": killed_at, "exit_status": rc, "stopped_after_s": round(stop_s, 1),
-        "leftover_workers": leftover, "error_lines": errors[-6:],
+        "config": name,
+        "gpus": len(gpus),
+        "killed_rank": args.kill_rank,
+        "killed_pid": victim,
+        "killed_at_update": killed_at,
+        "exit_status": rc,
+        "stopped_after_s": round(stop_s, 1),
+        "leftover_workers": leftover,
+        "error_lines": errors[-6:],
         "resumed_from_update": int(loaded.group(3)) if loaded else None,
         "final_update": last_update(os.path.join(save_dir, "train.log")),
-    }  # fmt: skip
+    }
     ok = rc != 0 and not leftover and loaded is not None and 0 < result["resumed_from_update"] <= killed_at
-    table = ["| config | GPUs | killed rank at update | exit status | stopped after | resumed from update | finished at update |",  # noqa: E501
-             "|---|---|---|---|---|---|---|",
-             f"| {name} | {len(gpus)} | {args.kill_rank} at {killed_at} | {rc} | {stop_s:.1f} s "
-             f"| {result['resumed_from_update']} | {result['final_update']} |"]  # fmt: skip
+    table = [
+        "| config | GPUs | killed rank at update | exit status | stopped after | resumed from update | finished at update |",  # noqa: E501
+        "|---|---|---|---|---|---|---|",
+        f"| {name} | {len(gpus)} | {args.kill_rank} at {killed_at} | {rc} | {stop_s:.1f} s "
+        f"| {result['resumed_from_update']} | {result['final_update']} |",
+    ]
     table += ["", "error lines of the stopped job:", *[f"    {line.strip()[:200]}" for line in errors[-6:]]]
     return result, table, ok
 
@@ -296,17 +327,29 @@ def evaluate(args, configs, gpus):
             with open(env["RESULT"]) as f, open(hyp, "rb") as h:
                 outputs[k] = (json.load(f), h.read(), time.time() - t0)
         (res_n, hyp_n, t_n), (res_1, hyp_1, t_1) = outputs[n], outputs[1]
-        rows.append({
-            "save_dir": save_dir, "bleu_1gpu": res_1["sacrebleu"], f"bleu_{n}gpu": res_n["sacrebleu"],
-            "shards": res_n["shards"], "identical_hypotheses": hyp_n == hyp_1, "sentences": res_1["sentences"],
-            "seconds_1gpu": round(t_1, 1), f"seconds_{n}gpu": round(t_n, 1), "signature": res_1["signature"],
-        })  # fmt: skip
-    table = [f"| run | sentences | BLEU 1 GPU | BLEU {n} GPUs ({n} shards) | identical hypotheses | time 1 GPU | time {n} GPUs |",  # noqa: E501
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+        rows.append(
+            {
+                "save_dir": save_dir,
+                "bleu_1gpu": res_1["sacrebleu"],
+                f"bleu_{n}gpu": res_n["sacrebleu"],
+                "shards": res_n["shards"],
+                "identical_hypotheses": hyp_n == hyp_1,
+                "sentences": res_1["sentences"],
+                "seconds_1gpu": round(t_1, 1),
+                f"seconds_{n}gpu": round(t_n, 1),
+                "signature": res_1["signature"],
+            }
+        )
+    table = [
+        f"| run | sentences | BLEU 1 GPU | BLEU {n} GPUs ({n} shards) | identical hypotheses | time 1 GPU | time {n} GPUs |",  # noqa: E501
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         same = "yes" if r["identical_hypotheses"] else "NO"
-        table.append(f"| {os.path.basename(r['save_dir'])} | {r['sentences']} | {r['bleu_1gpu']} | {r[f'bleu_{n}gpu']} "
-                     f"| {same} | {r['seconds_1gpu']} s | {r[f'seconds_{n}gpu']} s |")  # fmt: skip
+        table.append(
+            f"| {os.path.basename(r['save_dir'])} | {r['sentences']} | {r['bleu_1gpu']} | {r[f'bleu_{n}gpu']} "
+            f"| {same} | {r['seconds_1gpu']} s | {r[f'seconds_{n}gpu']} s |"
+        )
     ok = all(r["identical_hypotheses"] and r["bleu_1gpu"] == r[f"bleu_{n}gpu"] for r in rows)
     return {"gpus": n, "rows": rows}, table, ok
 
@@ -327,10 +370,12 @@ def main():
     p.add_argument("--tolerance", type=float, default=0.02, help="max |loss difference| accepted (fp16 noise)")
     p.add_argument("--fp32", action="store_true", help="train in fp32 (default: the recipe's --fp16)")
     p.add_argument(
-        "--fp16-init-scale", type=int, default=16,
+        "--fp16-init-scale",
+        type=int,
+        default=16,
         help="a loss scale that does not overflow at the start: an overflow skips the batch, and 1 GPU (fp16 "
         "gradients summed over update-freq micro-batches) and N GPUs do not overflow on the same updates",
-    )  # fmt: skip
+    )
     p = sub.add_parser("scaling", parents=[common])
     p.add_argument("--updates", type=int, default=400)
     p.add_argument("--warmup", type=int, default=200, help="updates excluded (speed ramps up over ~100 updates)")

@@ -17,12 +17,12 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections import defaultdict
 
 import torch
-from config_flags import split_env
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from torch.profiler import ProfilerActivity, profile
@@ -44,28 +44,31 @@ GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report 
 
 
 def build(flags, data_dir):
-    """fairseq model + criterion + task from training flags; VAR=value words hold while the model is built."""
-    env, words = split_env(flags)
-    changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
-    saved = {k: os.environ.get(k) for k in changed}
-    os.environ.update(changed)  # e.g. COLLAB_FAIRSEQ_ATTENTION, read when the attention layers are built
-    try:
-        parser = options.get_training_parser()
-        args = options.parse_args_and_arch(
-            parser,
-            [data_dir, "--user-dir", USER_DIR, "--task", "translation", "-s", "src", "-t", "tgt",
-             "--share-all-embeddings", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-             *words],
-        )  # fmt: skip
-        cfg = convert_namespace_to_omegaconf(args)
-        task = tasks.setup_task(cfg.task)
-        return task.build_model(cfg.model), task.build_criterion(cfg.criterion), task
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """fairseq model + criterion + task from training flags."""
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser,
+        [
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "translation",
+            "-s",
+            "src",
+            "-t",
+            "tgt",
+            "--share-all-embeddings",
+            "--criterion",
+            "label_smoothed_cross_entropy",
+            "--label-smoothing",
+            "0.1",
+            *shlex.split(flags),
+        ],
+    )
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    return task.build_model(cfg.model), task.build_criterion(cfg.criterion), task
 
 
 def batches(task, n, sentences, tokens, device, padded=True):
@@ -80,8 +83,12 @@ def batches(task, n, sentences, tokens, device, padded=True):
         tgt = torch.randint(4, vocab, (sentences, tokens), generator=gen)
         tgt[:, -1] = eos
         prev = torch.cat([tgt.new_full((sentences, 1), eos), tgt[:, :-1]], dim=1)
-        sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
-                  "target": tgt, "ntokens": int(tgt.numel()), "nsentences": sentences}  # fmt: skip
+        sample = {
+            "net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+            "target": tgt,
+            "ntokens": int(tgt.numel()),
+            "nsentences": sentences,
+        }
         out.append(_to(sample, device))
     return out
 
@@ -129,10 +136,13 @@ def profile_config(name, flags, data_dir, args, device):
     for kernel, ms in per_step_ms.items():
         groups[group_of(kernel)] += ms
     return {
-        "config": name, "flags": flags, "params": sum(p.numel() for p in model.parameters()),
-        "ms_per_step": sum(per_step_ms.values()), "groups_ms": dict(groups),
+        "config": name,
+        "flags": flags,
+        "params": sum(p.numel() for p in model.parameters()),
+        "ms_per_step": sum(per_step_ms.values()),
+        "groups_ms": dict(groups),
         "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[: args.top],
-    }  # fmt: skip
+    }
 
 
 def write_dict(data_dir, vocab):
@@ -180,9 +190,18 @@ def main():
     base = rows[0]["ms_per_step"]
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                       "torch": torch.__version__, "sentences": args.sentences, "tokens": args.tokens,
-                       "steps": args.steps, "rows": rows}, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "torch": torch.__version__,
+                    "sentences": args.sentences,
+                    "tokens": args.tokens,
+                    "steps": args.steps,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     names = [g for g, _ in GROUPS] + ["other"]
     print(f"| config | ms/step | vs baseline | {' | '.join(names)} |")
     print("|---" * (len(names) + 3) + "|")

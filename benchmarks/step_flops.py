@@ -101,15 +101,19 @@ def count_config(name, flags, data_dir, args):
         step()
     tokens = sample["ntokens"]
     return {
-        "config": name, "flags": flags, "params": sum(p.numel() for p in model.parameters()),
-        "target_tokens": tokens, "gflops_per_step": step_total / 1e9,
+        "config": name,
+        "flags": flags,
+        "params": sum(p.numel() for p in model.parameters()),
+        "target_tokens": tokens,
+        "gflops_per_step": step_total / 1e9,
         "forward_flops_per_token": fwd_total / tokens,
         "forward_attention_projection_flops_per_token": projections / tokens,
         "forward_attention_score_flops_per_token": scores / tokens,
-        "operators_per_step": sum(ops.counts.values()), "top_operators": ops.counts.most_common(args.top),
+        "operators_per_step": sum(ops.counts.values()),
+        "top_operators": ops.counts.most_common(args.top),
         "other_operator_bytes_per_token": sum(ops.other_bytes.values()) / tokens,
         "top_other_operators_bytes_per_token": [(k, v / tokens) for k, v in ops.other_bytes.most_common(args.top)],
-    }  # fmt: skip
+    }
 
 
 def main():
@@ -122,24 +126,39 @@ def main():
     )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"torch": torch.__version__, "sentences": args.sentences, "tokens": args.tokens,
-                       "vocab": args.vocab, "rows": rows}, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "sentences": args.sentences,
+                    "tokens": args.tokens,
+                    "vocab": args.vocab,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     base = rows[0]
-    print(f"one training step (forward + backward), {args.sentences} sentences x {args.tokens} tokens "
-          f"(source and target), vocabulary {args.vocab}; MFLOP per target token")  # fmt: skip
-    print("| config | params | step | forward | forward: attention projections | forward: attention scores+values "
-          "| FLOP ratio (speed-up ceiling) | operators/step | operators vs baseline "
-          "| other operators' KB/token | vs baseline |")  # fmt: skip
+    print(
+        f"one training step (forward + backward), {args.sentences} sentences x {args.tokens} tokens "
+        f"(source and target), vocabulary {args.vocab}; MFLOP per target token"
+    )
+    print(
+        "| config | params | step | forward | forward: attention projections | forward: attention scores+values "
+        "| FLOP ratio (speed-up ceiling) | operators/step | operators vs baseline "
+        "| other operators' KB/token | vs baseline |"
+    )
     print("|---" * 11 + "|")
     for r in rows:
-        print(f"| {r['config']} | {r['params']:,} | {r['gflops_per_step'] * 1e3 / r['target_tokens']:.1f} "
-              f"| {r['forward_flops_per_token'] / 1e6:.1f} "
-              f"| {r['forward_attention_projection_flops_per_token'] / 1e6:.2f} "
-              f"| {r['forward_attention_score_flops_per_token'] / 1e6:.2f} "
-              f"| {base['gflops_per_step'] / r['gflops_per_step']:.3f} | {r['operators_per_step']} "
-              f"| {r['operators_per_step'] / base['operators_per_step']:.2f} "
-              f"| {r['other_operator_bytes_per_token'] / 1e3:.1f} "
-              f"| {r['other_operator_bytes_per_token'] / base['other_operator_bytes_per_token']:.2f} |")  # fmt: skip
+        print(
+            f"| {r['config']} | {r['params']:,} | {r['gflops_per_step'] * 1e3 / r['target_tokens']:.1f} "
+            f"| {r['forward_flops_per_token'] / 1e6:.1f} "
+            f"| {r['forward_attention_projection_flops_per_token'] / 1e6:.2f} "
+            f"| {r['forward_attention_score_flops_per_token'] / 1e6:.2f} "
+            f"| {base['gflops_per_step'] / r['gflops_per_step']:.3f} | {r['operators_per_step']} "
+            f"| {r['operators_per_step'] / base['operators_per_step']:.2f} "
+            f"| {r['other_operator_bytes_per_token'] / 1e3:.1f} "
+            f"| {r['other_operator_bytes_per_token'] / base['other_operator_bytes_per_token']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

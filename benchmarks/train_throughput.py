@@ -3,7 +3,7 @@
 Runs ``fairseq-train`` once per configuration, one after the other, on the same binarized data with the
 same flags, and reports target words/s (fairseq's ``wps``, median over the logging intervals after the
 warm-up updates) and peak GPU memory (torch.cuda.max_memory_allocated at exit) as ratios to the first
-configuration (the baseline). ``COLLAB_FAIRSEQ_ATTENTION=bmm`` in a config's ENV picks our other kernel.
+configuration (the baseline). ``--collab-attention-kernel sdpa`` in a config's flags picks another kernel.
 
     python benchmarks/train_throughput.py DATA_BIN --out results/throughput_wmt_en_de.json \
         --config "transformer:--arch transformer_wmt_en_de" \
@@ -20,8 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-from config_flags import split_env
 
 COMMON = (
     "--share-all-embeddings --optimizer adam --adam-betas (0.9,0.98) --lr 7e-4 --lr-scheduler inverse_sqrt "
@@ -41,11 +39,10 @@ WRAPPER = (
 
 
 def measure(data, name, flags, max_update, warmup, user_dir):
-    env, words = split_env(flags)
     cmd = [sys.executable, "-c", WRAPPER, data, "--user-dir", user_dir, "--max-update", str(max_update)]
-    cmd += shlex.split(COMMON) + words
+    cmd += shlex.split(COMMON) + shlex.split(flags)
     start = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}")
     samples = [float(m.group(1)) for m in WPS.finditer(proc.stdout) if int(m.group(2)) > warmup]

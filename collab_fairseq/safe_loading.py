@@ -27,9 +27,18 @@ FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace, TransformerCollabArgs]
 # torch.serialization.get_unsafe_globals_in_checkpoint of what broadcast_object sends of a load_checkpoint_to_cpu
 # state (transformer and collab checkpoints)
 FAIRSEQ_RANK_BROADCAST_GLOBALS = [
-    _TensorPlaceholder, DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any,
-    dict, list, int, collections.defaultdict,
-]  # fmt: skip
+    _TensorPlaceholder,
+    DictConfig,
+    ListConfig,
+    ContainerMetadata,
+    Metadata,
+    AnyNode,
+    typing.Any,
+    dict,
+    list,
+    int,
+    collections.defaultdict,
+]
 
 
 def allow_fairseq_checkpoints() -> None:

@@ -1,5 +1,9 @@
-"""Helpers for the CLI tests: a fairseq_cli runner, tiny synthetic data, BLEU parsing."""
+"""Helpers for the tests: fairseq's CLIs run in this process (as fairseq's own tests run them), a subprocess
+runner for the few checks that need a fresh Python, tiny synthetic data, BLEU parsing."""
 
+import contextlib
+import io
+import logging
 import os
 import random
 import subprocess
@@ -25,11 +29,80 @@ TRAIN_FLAGS = (
 ).split()
 
 
+@contextlib.contextmanager
+def _captured_logs():
+    """Everything fairseq logs meanwhile, as text."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s | %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def fairseq_train(*argv) -> str:
+    """``fairseq-train ARGV`` in this process; returns what it logged."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import train
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in argv])
+    with _captured_logs() as log:
+        train.main(convert_namespace_to_omegaconf(args))
+    return log.getvalue()
+
+
+def fairseq_generate(*argv) -> str:
+    """``fairseq-generate ARGV`` in this process; returns its output (hypotheses and the BLEU line)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import generate
+
+    args = options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        generate.main(convert_namespace_to_omegaconf(args))
+    return out.getvalue()
+
+
+def fairseq_interactive(*argv, stdin: str) -> str:
+    """``fairseq-interactive ARGV < stdin`` in this process; returns its output."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import interactive
+
+    args = options.parse_args_and_arch(options.get_interactive_generation_parser(), [str(a) for a in argv])
+    out, old_stdin = io.StringIO(), sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out):
+            interactive.main(convert_namespace_to_omegaconf(args))
+    finally:
+        sys.stdin = old_stdin
+    return out.getvalue()
+
+
+def fairseq_preprocess(*argv) -> None:
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    with _captured_logs():
+        preprocess.main(options.get_preprocessing_parser().parse_args([str(a) for a in argv]))
+
+
 def run_cli(module, *args, stdin=None, check=True):
-    """Run ``python -m fairseq_cli.<module> ARGS``; return the CompletedProcess (stdout+stderr in .stdout)."""
+    """``python -m MODULE ARGS`` in a fresh process (fairseq_cli.X, or a dotted module); the CompletedProcess,
+    stdout and stderr together in .stdout."""
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    module = module if "." in module else f"fairseq_cli.{module}"
     proc = subprocess.run(
-        [sys.executable, "-m", f"fairseq_cli.{module}", *map(str, args)],
+        [sys.executable, "-m", module, *map(str, args)],
         input=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -38,7 +111,7 @@ def run_cli(module, *args, stdin=None, check=True):
         timeout=900,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"fairseq_cli.{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc
 
 

@@ -1,49 +1,103 @@
-"""The real fairseq CLIs with --user-dir collab_fairseq: preprocess -> train -> generate/interactive, resume, hydra."""
+"""fairseq's CLIs with --user-dir collab_fairseq: preprocess -> train -> generate/interactive, resume, the
+attention kernel as a model option, hydra; the checks that need a fresh Python run it as a subprocess."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
+from fairseq import checkpoint_utils
 
-from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, parse_bleu, run_cli
+from collab_fairseq.modules import CollaborativeMultiheadAttention
+from tests.helpers import (
+    TINY_MODEL,
+    TRAIN_FLAGS,
+    USER_DIR,
+    fairseq_generate,
+    fairseq_interactive,
+    fairseq_train,
+    parse_bleu,
+    run_cli,
+)
 
 
-def _train(bin_dir, save_dir, *extra, check=True):
-    return run_cli(
-        "train", bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir, *TINY_MODEL, *TRAIN_FLAGS, *extra, check=check
+def _train(bin_dir, save_dir, *extra):
+    return fairseq_train(bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir, *TINY_MODEL, *TRAIN_FLAGS, *extra)
+
+
+def _generate(bin_dir, checkpoint, *extra):
+    return fairseq_generate(
+        bin_dir, "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "4", "--batch-size", "64", *extra
     )
 
 
-def _generate(bin_dir, checkpoint, *extra, check=True):
-    return run_cli(
-        "generate", bin_dir, "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "4", "--batch-size", "64",
-        *extra, check=check,
-    )  # fmt: skip
-
-
-def test_collab_model_learns_the_task_and_beam_search_translates(copy_data, tmp_path):
+def test_collab_model_learns_the_task_and_beam_search_translates(copy_data, collab_run):
     _, bin_dir = copy_data
-    log = _train(
-        bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "16",
-        "--max-update", "220", "--validate-interval", "1000",
-    ).stdout  # fmt: skip
-    assert "collaborative attention: mode=collaborative D_k=16" in log
+    log = (collab_run / "train.log").read_text()
+    assert "collaborative attention: mode=collaborative D_k=16" in log and "kernel=bmm" in log
 
-    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")  # safe loading, allowlisted types only
+    state = torch.load(collab_run / "checkpoint_last.pt", map_location="cpu")  # safe loading, allowlisted types
     weights = state["model"]
     assert weights["encoder.layers.0.self_attn.q_proj.weight"].shape == (16, 64)
     assert weights["decoder.layers.1.encoder_attn.mixing"].shape == (4, 16)
     assert "encoder.layers.0.self_attn.content_bias.weight" in weights
+    assert state["cfg"]["model"].collab_attention_kernel == "bmm"
 
-    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt").stdout)
+    bleu = parse_bleu(_generate(bin_dir, collab_run / "checkpoint_last.pt"))
     assert bleu > 80, f"collab model did not learn the mapped-copy task: BLEU {bleu}"
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "folded"])
+def test_the_kernel_is_a_model_option_saved_and_overridable(copy_data, collab_run, tmp_path, kernel):
+    _, bin_dir = copy_data
+    log = _train(
+        bin_dir,
+        tmp_path,
+        "--arch",
+        "transformer_collab",
+        "--collab-key-dim",
+        "16",
+        "--max-update",
+        "2",
+        "--collab-attention-kernel",
+        kernel,
+    )
+    assert f"kernel={kernel}" in log
+    assert (
+        torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["cfg"]["model"].collab_attention_kernel
+        == kernel
+    )
+    # a bmm-trained model decodes with another kernel, and translates the same
+    models, _ = checkpoint_utils.load_model_ensemble(
+        [str(collab_run / "checkpoint_last.pt")], arg_overrides={"collab_attention_kernel": kernel}
+    )
+    kernels = {m.kernel for m in models[0].modules() if isinstance(m, CollaborativeMultiheadAttention)}
+    assert kernels == {kernel}
+    override = f"{{'collab_attention_kernel': '{kernel}'}}"
+    assert parse_bleu(_generate(bin_dir, collab_run / "checkpoint_last.pt", "--model-overrides", override)) == (
+        parse_bleu(_generate(bin_dir, collab_run / "checkpoint_last.pt"))
+    )
 
 
 def test_concatenate_baseline_trains_and_generates(copy_data, tmp_path):
     _, bin_dir = copy_data
-    _train(bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "16", "--collab-mode", "concatenate",
-           "--max-update", "20")  # fmt: skip
+    _train(
+        bin_dir,
+        tmp_path,
+        "--arch",
+        "transformer_collab",
+        "--collab-key-dim",
+        "16",
+        "--collab-mode",
+        "concatenate",
+        "--max-update",
+        "20",
+    )
     weights = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
     assert weights["encoder.layers.0.self_attn.k_proj.weight"].shape == (16, 64)
     assert "encoder.layers.0.self_attn.mixing" not in weights
-    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt").stdout)
+    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt"))
     assert 0.0 <= bleu <= 100.0
 
 
@@ -51,7 +105,7 @@ def test_resume_continues_from_last_checkpoint(copy_data, tmp_path):
     _, bin_dir = copy_data
     args = ["--arch", "transformer_collab", "--collab-key-dim", "16", "--collab-attentions", "encoder_self"]
     _train(bin_dir, tmp_path, *args, "--max-update", "8")
-    log = _train(bin_dir, tmp_path, *args, "--max-update", "16").stdout
+    log = _train(bin_dir, tmp_path, *args, "--max-update", "16")
     assert "@ 8 updates" in log and "Loaded checkpoint" in log
     assert "num_updates 16" in log
     assert torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["optimizer_history"][-1]["num_updates"] == 16
@@ -61,26 +115,51 @@ def test_resume_continues_from_last_checkpoint(copy_data, tmp_path):
     assert weights["decoder.layers.0.self_attn.q_proj.weight"].shape == (64, 64)
 
     restored = tmp_path / "restored"
-    log = _train(
-        bin_dir, restored, *args, "--max-update", "20", "--restore-file", tmp_path / "checkpoint_last.pt"
-    ).stdout
+    log = _train(bin_dir, restored, *args, "--max-update", "20", "--restore-file", tmp_path / "checkpoint_last.pt")
     assert "@ 16 updates" in log and "num_updates 20" in log
 
 
-def test_interactive_translates_stdin(copy_data, tmp_path):
+def test_interactive_translates_stdin(copy_data, collab_run):
     _, bin_dir = copy_data
-    _train(bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "8", "--max-update", "5")
-    out = run_cli(
-        "interactive", bin_dir, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
-        "--source-lang", "src", "--target-lang", "tgt", "--beam", "4", stdin="w1 w2 w3\nw4 w5\n",
-    ).stdout  # fmt: skip
-    hypotheses = [line for line in out.splitlines() if line.startswith("H-")]
-    assert [h.split("\t")[0] for h in hypotheses] == ["H-0", "H-1"]
+    out = fairseq_interactive(
+        bin_dir,
+        "--user-dir",
+        USER_DIR,
+        "--path",
+        collab_run / "checkpoint_last.pt",
+        "--source-lang",
+        "src",
+        "--target-lang",
+        "tgt",
+        "--beam",
+        "4",
+        stdin="w1 w2 w3\nw4 w5\n",
+    )
+    hypotheses = [line.split("\t") for line in out.splitlines() if line.startswith("H-")]
+    assert [h[0] for h in hypotheses] == ["H-0", "H-1"]
+    assert [h[2] for h in hypotheses] == ["W1 W2 W3", "W4 W5"]
 
 
-def test_checkpoint_without_user_dir_names_it(copy_data, tmp_path):
+def test_fairseq_cli_processes_train_and_name_the_user_dir_a_checkpoint_needs(copy_data, tmp_path):
+    """The installed CLI in a fresh process (no collab_fairseq imported beforehand): trains a collab model;
+    its checkpoint opened without --user-dir fails naming what it needs."""
     _, bin_dir = copy_data
-    _train(bin_dir, tmp_path, "--arch", "transformer_collab", "--collab-key-dim", "8", "--max-update", "2")
+    run_cli(
+        "train",
+        bin_dir,
+        "--user-dir",
+        USER_DIR,
+        "--save-dir",
+        tmp_path,
+        "--arch",
+        "transformer_collab",
+        "--collab-key-dim",
+        "8",
+        *TINY_MODEL,
+        *TRAIN_FLAGS,
+        "--max-update",
+        "2",
+    )
     out = run_cli("generate", bin_dir, "--path", tmp_path / "checkpoint_last.pt", check=False)
     assert out.returncode != 0
     assert "collab_fairseq.needs_user_dir.TransformerCollabArgs" in out.stdout
@@ -88,26 +167,45 @@ def test_checkpoint_without_user_dir_names_it(copy_data, tmp_path):
 
 def test_hydra_train_with_shipped_config(copy_data, tmp_path):
     _, bin_dir = copy_data
-    import subprocess
-    import sys
-    from pathlib import Path
-
     config_dir = Path(USER_DIR) / "config"
     overrides = [
-        f"task.data={bin_dir}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={tmp_path}",
-        f"hydra.run.dir={tmp_path / 'hydra'}", "optimization.max_update=4", "dataset.num_workers=0",
-        "model.collab_key_dim=16", "+model.encoder_layers=1", "+model.decoder_layers=1",
-        "+model.encoder_embed_dim=32", "+model.decoder_embed_dim=32", "+model.encoder_ffn_embed_dim=32",
-        "+model.decoder_ffn_embed_dim=32", "+model.encoder_attention_heads=4", "+model.decoder_attention_heads=4",
-    ]  # fmt: skip
+        f"task.data={bin_dir}",
+        f"common.user_dir={USER_DIR}",
+        f"checkpoint.save_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "optimization.max_update=4",
+        "dataset.num_workers=0",
+        "model.collab_key_dim=16",
+        "model.collab_attention_kernel=folded",
+        "+model.encoder_layers=1",
+        "+model.decoder_layers=1",
+        "+model.encoder_embed_dim=32",
+        "+model.decoder_embed_dim=32",
+        "+model.encoder_ffn_embed_dim=32",
+        "+model.decoder_ffn_embed_dim=32",
+        "+model.encoder_attention_heads=4",
+        "+model.decoder_attention_heads=4",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", config_dir,
-         "--config-name", "transformer_collab_iwslt_de_en", *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.hydra_train",
+            "--config-dir",
+            config_dir,
+            "--config-name",
+            "transformer_collab_iwslt_de_en",
+            *overrides,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "kernel=folded" in proc.stdout
     weights = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
     assert weights["encoder.layers.0.self_attn.q_proj.weight"].shape == (16, 32)
     assert weights["decoder.layers.0.encoder_attn.mixing"].shape == (4, 16)
-    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt").stdout)
+    bleu = parse_bleu(_generate(bin_dir, tmp_path / "checkpoint_last.pt"))
     assert 0.0 <= bleu <= 100.0

@@ -39,12 +39,10 @@ def _causal(t):
 
 @pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
 @pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
-@pytest.mark.parametrize(
-    "need_weights,implementation", [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded")]
-)
-def test_matches_fairseq_multihead_attention(kind, mode, need_weights, implementation):
+@pytest.mark.parametrize("need_weights,kernel", [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded")])
+def test_matches_fairseq_multihead_attention(kind, mode, need_weights, kernel):
     ref, ours = _pair(kind, mode)
-    ours.implementation = implementation  # the kernel used when no weights are returned
+    ours.kernel = kernel  # the kernel used when no weights are returned
     query, key, padding = _inputs(kind)
     kwargs = dict(need_weights=need_weights, need_head_weights=need_weights)
     if kind == "encoder_self":
@@ -107,13 +105,13 @@ def _random_layer(kind, key_dim=12, mode="collaborative", mixing_init="normal"):
     return layer
 
 
-@pytest.mark.parametrize("implementation", ["bmm", "folded"])
+@pytest.mark.parametrize("kernel", ["bmm", "folded"])
 @pytest.mark.parametrize(
     "mode,mixing_init,key_dim", [("collaborative", "normal", 12), ("concatenate", "concatenate", 8)]
 )
-def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init, key_dim, implementation):
+def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init, key_dim, kernel):
     layer = _random_layer("self", key_dim, mode, mixing_init)
-    layer.implementation = implementation
+    layer.kernel = kernel
     query, _, _ = _inputs("self", tgt_len=6)
     full, _ = layer(query, query, query, attn_mask=_causal(query.size(0)), need_weights=False)
     state = {}
@@ -122,7 +120,7 @@ def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init
     cache = layer._get_input_buffer(state)
     assert cache["prev_key"].shape == (3, 6, key_dim)  # shared keys, one copy for all heads
     assert cache["prev_value"].shape == (3, HEADS, 6, EMBED // HEADS)
-    assert ("prev_key_bias" in cache) == (mode == "collaborative")
+    assert ("prev_content_bias" in cache) == (mode == "collaborative")
 
 
 def test_incremental_cross_attention_computes_static_keys_once():
@@ -177,9 +175,9 @@ def test_key_query_shapes_and_shared_parameters():
 def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
     layer = _random_layer("self", key_dim=12)
     fused = torch.randn(tgt_len, 3, 12 + 12 + EMBED + HEADS)  # T x B x outputs of the fused projection
-    queries = layer._head_queries(fused[..., :12], scale=layer.scaling)  # the strided q slice, as in forward
+    queries = layer._head_queries(fused[..., :12])  # the strided q slice, as in forward
     assert queries.shape == (3, HEADS, tgt_len, 12)
-    gemm_input = queries.reshape(3, HEADS * tgt_len, 12)  # what _scores hands to bmm
+    gemm_input = queries.reshape(3, HEADS * tgt_len, 12)  # what attention_scores hands to bmm
     assert gemm_input.data_ptr() == queries.data_ptr()  # a view, not a copy of all heads' queries
     expected = fused[..., :12].transpose(0, 1)[:, None] * layer.mixing_matrix()[None, :, None, :] * layer.scaling
     torch.testing.assert_close(queries, expected, rtol=0, atol=1e-6)
@@ -194,6 +192,7 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=10, mixing_init="concatenate"), "multiple of 4"),
         (dict(key_dim=8, mode="grouped"), "unknown collaborative attention mode"),
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
+        (dict(key_dim=8, kernel="flash"), "unknown attention kernel 'flash'; choose one of bmm, sdpa, folded"),
     ],
 )
 def test_bad_layer_arguments_are_rejected(kwargs, match):
@@ -210,13 +209,13 @@ def test_gradients_reach_mixing_and_content_bias():
     assert layer.content_bias.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "folded"])
+@pytest.mark.parametrize("kernel", ["sdpa", "folded"])
 @pytest.mark.parametrize("mode,key_dim", [("collaborative", 12), ("concatenate", 8)])
-def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim, implementation):
-    """With implementation="sdpa" or "folded", need_weights=False takes scaled_dot_product_attention; it must
+def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim, kernel):
+    """With kernel="sdpa" or "folded", need_weights=False takes scaled_dot_product_attention; it must
     train exactly like the explicit path."""
     layer = _random_layer("self", key_dim, mode, "normal" if mode == "collaborative" else "concatenate")
-    layer.implementation = implementation
+    layer.kernel = kernel
     query, _, padding = _inputs("self")
     grads = []
     for need_weights in (False, True):
@@ -245,7 +244,7 @@ def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
         )[:t, :t],
     }[mask_kind]
     outs = []
-    for implementation in ("bmm", "folded"):
-        layer.implementation = implementation
+    for kernel in ("bmm", "folded"):
+        layer.kernel = kernel
         outs.append(layer(query, query, query, key_padding_mask=padding, attn_mask=mask, need_weights=False)[0])
     assert (outs[0] - outs[1]).abs().max() <= TOL

@@ -96,16 +96,27 @@ def _iwslt_raw(raw):
     vocab = [f"Wort{i}" for i in range(200)]
     lines = {"de": [], "en": []}
     for lang in ("de", "en"):
-        rows = ["<url>http://www.ted.com/talks/x</url>", "<keywords>talks</keywords>", "<speaker>A</speaker>",
-                "<talkid>1</talkid>", "<title>Ein Titel</title>", "<description>Eine Beschreibung</description>"]  # fmt: skip
+        rows = [
+            "<url>http://www.ted.com/talks/x</url>",
+            "<keywords>talks</keywords>",
+            "<speaker>A</speaker>",
+            "<talkid>1</talkid>",
+            "<title>Ein Titel</title>",
+            "<description>Eine Beschreibung</description>",
+        ]
         rng.seed(1)
         body = _sentences(rng, 230, vocab)
         if lang == "en":
             body = [s.replace("Wort", "Word") for s in body]
         lines[lang] = body
         (raw / f"train.tags.de-en.{lang}").write_text("\n".join(rows + body) + "\n")
-        for test in ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
-                     "IWSLT14.TED.tst2012"):  # fmt: skip
+        for test in (
+            "IWSLT14.TED.dev2010",
+            "IWSLT14.TEDX.dev2012",
+            "IWSLT14.TED.tst2010",
+            "IWSLT14.TED.tst2011",
+            "IWSLT14.TED.tst2012",
+        ):
             segs = "\n".join(f'<seg id="{i}"> {s} &amp; Co </seg>' for i, s in enumerate(body[:10]))
             (raw / f"{test}.de-en.{lang}.xml").write_text(f"<mteval>\n<doc>\n{segs}\n</doc>\n</mteval>\n")
     return lines
@@ -136,8 +147,17 @@ def test_prepare_multi30k_offline(tmp_path):
     if not (SHARED_DATA / "multi30k_en_de" / "train.en.gz").exists():
         pytest.skip("../shared/data/multi30k_en_de not available")
     out = tmp_path / "m30k"
-    proc = _run("prepare-multi30k-en-de.sh", "--raw-dir", SHARED_DATA / "multi30k_en_de", "--out-dir", out,
-                "--vocab-size", "2000", "--workers", "2")  # fmt: skip
+    proc = _run(
+        "prepare-multi30k-en-de.sh",
+        "--raw-dir",
+        SHARED_DATA / "multi30k_en_de",
+        "--out-dir",
+        out,
+        "--vocab-size",
+        "2000",
+        "--workers",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((out / "spm" / "test_2016_flickr.de").read_text().splitlines()) == 1000
     assert (out / "bin" / "train.en-de.de.bin").stat().st_size > 0

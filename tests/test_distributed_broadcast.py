@@ -13,16 +13,12 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
-from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
+from tests.conftest import COLLAB_RUN_UPDATES
 
 
 @pytest.fixture(scope="module")
-def checkpoint(copy_data, tmp_path_factory):
-    _, bin_dir = copy_data
-    run = tmp_path_factory.mktemp("broadcast_run")
-    run_cli("train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab", "--collab-key-dim", "16",
-            "--save-dir", run, *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "2")  # fmt: skip
-    return run / "checkpoint_last.pt"
+def checkpoint(collab_run):
+    return collab_run / "checkpoint_last.pt"
 
 
 def _state(path):
@@ -43,9 +39,15 @@ def _rank(rank, init_file, path, out_file):
     got = dist_utils.broadcast_object(_state(path) if rank == 0 else None, 0, dist.group.WORLD, torch.device("cpu"))
     if rank == 1:
         with open(out_file, "w") as f:
-            json.dump({"cfg_type": type(got["cfg"]).__name__, "key_dim": got["cfg"].model.collab_key_dim,
-                       "w": got["model"]["encoder.embed_tokens.weight"][:2, :3].tolist(),
-                       "updates": got["optimizer_history"][-1]["num_updates"]}, f)  # fmt: skip
+            json.dump(
+                {
+                    "cfg_type": type(got["cfg"]).__name__,
+                    "key_dim": got["cfg"].model.collab_key_dim,
+                    "w": got["model"]["encoder.embed_tokens.weight"][:2, :3].tolist(),
+                    "updates": got["optimizer_history"][-1]["num_updates"],
+                },
+                f,
+            )
     dist.barrier()
     dist.destroy_process_group()
 
@@ -68,6 +70,8 @@ def test_the_other_rank_receives_the_checkpoint_state(checkpoint, tmp_path):
     mp.spawn(_rank, args=(str(tmp_path / "init"), str(checkpoint), str(out)), nprocs=2, join=True)
     expected = _state(checkpoint)
     assert json.loads(out.read_text()) == {
-        "cfg_type": DictConfig.__name__, "key_dim": 16,
-        "w": expected["model"]["encoder.embed_tokens.weight"][:2, :3].tolist(), "updates": 2,
-    }  # fmt: skip
+        "cfg_type": DictConfig.__name__,
+        "key_dim": 16,
+        "w": expected["model"]["encoder.embed_tokens.weight"][:2, :3].tolist(),
+        "updates": COLLAB_RUN_UPDATES,
+    }

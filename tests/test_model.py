@@ -1,17 +1,20 @@
 """transformer_collab: parameter counts in closed form, attention placement, and bad input rejected before training."""
 
 import argparse
+import re
 
 import pytest
 import torch
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY
 from fairseq.models.transformer import TransformerModel
 from fairseq.modules import MultiheadAttention
 
 import collab_fairseq  # noqa: F401  (registers the model)
-from collab_fairseq.models.transformer_collab import TransformerCollabModel, transformer_collab_iwslt_de_en
+from collab_fairseq.models.collab_config import collab_layers
+from collab_fairseq.models.transformer_collab import COLLAB_ARCHS, TransformerCollabModel
 from collab_fairseq.modules import CollaborativeMultiheadAttention
 from collab_fairseq.modules.collaborative_attention import attention_parameter_count
-from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, fairseq_generate, fairseq_train
 
 E, H, LAYERS = 64, 4, 2
 
@@ -29,11 +32,18 @@ class _Task:
 
 def _args(**collab):
     args = argparse.Namespace(
-        encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_embed_dim=E, decoder_embed_dim=E,
-        encoder_ffn_embed_dim=2 * E, decoder_ffn_embed_dim=2 * E, encoder_attention_heads=H, decoder_attention_heads=H,
-        share_all_embeddings=True, **collab,
-    )  # fmt: skip
-    transformer_collab_iwslt_de_en(args)
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_embed_dim=E,
+        decoder_embed_dim=E,
+        encoder_ffn_embed_dim=2 * E,
+        decoder_ffn_embed_dim=2 * E,
+        encoder_attention_heads=H,
+        decoder_attention_heads=H,
+        share_all_embeddings=True,
+        **collab,
+    )
+    ARCH_CONFIG_REGISTRY["transformer_collab_iwslt_de_en"](args)
     return args
 
 
@@ -106,6 +116,32 @@ def test_full_key_dim_concatenate_init_equals_standard_transformer_outputs():
     assert (out - out_ref).abs().max() <= 1e-4  # logits over 6 layers of float32 rounding
 
 
+def test_every_fairseq_transformer_architecture_has_a_collab_twin_with_its_sizes():
+    fairseq_archs = [a for a, m in ARCH_MODEL_NAME_REGISTRY.items() if m == "transformer"]
+    assert "transformer_wmt_en_de" in fairseq_archs and set(COLLAB_ARCHS) == set(fairseq_archs)
+    for arch, twin in COLLAB_ARCHS.items():
+        assert ARCH_MODEL_NAME_REGISTRY[twin] == "transformer_collab"
+        ours, theirs = argparse.Namespace(), argparse.Namespace()
+        ARCH_CONFIG_REGISTRY[twin](ours)
+        ARCH_CONFIG_REGISTRY[arch](theirs)
+        assert {k: v for k, v in vars(ours).items() if not k.startswith("collab_")} == vars(theirs)
+        assert ours.collab_attention_kernel == "bmm" and ours.collab_key_dim is None
+
+
+def test_options_are_parsed_once_per_model_and_each_layer_gets_its_own():
+    args = _args(collab_key_dim=16, collab_layer_key_dims="encoder_self:1=8", collab_attentions="encoder_self")
+    from collab_fairseq.models import collab_config
+
+    collab_config._collab_layers.cache_clear()
+    model = TransformerCollabModel.build_model(args, _Task())
+    info = collab_config._collab_layers.cache_info()
+    assert info.misses == 1 and info.hits >= 2  # build_model, then the encoder and the decoder look it up
+    plan = collab_layers(args)
+    assert sorted(plan) == [("encoder_self", 0), ("encoder_self", 1)]
+    assert plan[("encoder_self", 1)].key_dim == 8 and plan[("encoder_self", 0)].key_dim == 16
+    assert model.encoder.layers[1].self_attn.key_dim == 8
+
+
 BAD_INPUTS = [
     (["--collab-key-dim", "0"], "key dimension D_k must be a positive integer"),
     (["--collab-key-dim", "-8"], "key dimension D_k must be a positive integer"),
@@ -114,6 +150,7 @@ BAD_INPUTS = [
     (["--collab-attentions", "encoder_self,cross"], "unknown attention(s) cross"),
     (["--collab-mixing-init", "zeros"], "invalid choice: 'zeros'"),
     (["--collab-mode", "grouped"], "invalid choice: 'grouped'"),
+    (["--collab-attention-kernel", "flash"], "invalid choice: 'flash'"),
     (["--collab-mixing-lr-scale", "-0.5"], "mixing learning-rate scale must be >= 0"),
     (["--collab-layer-key-dims", "encoder_self:9=16"], "encoder_self:9 does not exist (2 layers, 0-based)"),
     (["--collab-layer-key-dims", "cross:0=16"], "cannot read 'cross:0=16'"),
@@ -126,28 +163,53 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("flags,message", BAD_INPUTS)
-def test_bad_options_fail_before_training(copy_data, tmp_path, flags, message):
+def test_bad_options_fail_before_training(copy_data, tmp_path, capsys, flags, message):
     _, bin_dir = copy_data
-    out = run_cli(
-        "train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab", "--save-dir", tmp_path,
-        *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "2", *flags, check=False,
-    )  # fmt: skip
-    assert out.returncode != 0
-    assert message in out.stdout
-    assert "begin training" not in out.stdout
+    with pytest.raises((ValueError, SystemExit)) as failure:
+        fairseq_train(
+            bin_dir,
+            "--user-dir",
+            USER_DIR,
+            "--arch",
+            "transformer_collab",
+            "--save-dir",
+            tmp_path,
+            *TINY_MODEL,
+            *TRAIN_FLAGS,
+            "--max-update",
+            "2",
+            *flags,
+        )
+    said = str(failure.value) + capsys.readouterr().err  # ValueError from the model, or argparse's own error
+    assert message in said
     assert not list(tmp_path.glob("*.pt"))
 
 
-def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, tmp_path):
+def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, collab_run, tmp_path):
     _, bin_dir = copy_data
     common = ["--user-dir", USER_DIR, "--arch", "transformer_collab", *TINY_MODEL, *TRAIN_FLAGS]
-    run_cli("train", bin_dir, *common, "--save-dir", tmp_path, "--collab-key-dim", "16", "--max-update", "2")
-    out = run_cli(
-        "train", bin_dir, *common, "--save-dir", tmp_path / "other", "--collab-key-dim", "8", "--max-update", "4",
-        "--restore-file", tmp_path / "checkpoint_last.pt", check=False,
-    )  # fmt: skip
-    assert out.returncode != 0
-    assert "has D_k=16 (collaborative heads) but the model was built with D_k=8" in out.stdout
-    out = run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
-                  "--model-overrides", "{'collab_key_dim': 8}", check=False)  # fmt: skip
-    assert "has D_k=16 (collaborative heads) but the model was built with D_k=8" in out.stdout
+    expected = "has D_k=16 (collaborative heads) but the model was built with D_k=8"
+    with pytest.raises(Exception) as failure:  # fairseq's trainer re-raises what the model said as an Exception
+        fairseq_train(
+            bin_dir,
+            *common,
+            "--save-dir",
+            tmp_path,
+            "--collab-key-dim",
+            "8",
+            "--max-update",
+            "4",
+            "--restore-file",
+            collab_run / "checkpoint_last.pt",
+        )
+    assert expected in str(failure.value.__context__ or failure.value)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        fairseq_generate(
+            bin_dir,
+            "--user-dir",
+            USER_DIR,
+            "--path",
+            collab_run / "checkpoint_last.pt",
+            "--model-overrides",
+            "{'collab_key_dim': 8}",
+        )

@@ -48,8 +48,17 @@ def test_killing_a_rank_stops_the_job_and_the_same_command_resumes(tmp_path, mon
     (tmp_path / "fake" / "fairseq_cli" / "train.py").write_text(FAKE_TRAIN)
     (tmp_path / "recipe.sh").write_text(RECIPE)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
-    args = types.SimpleNamespace(save_dir=str(tmp_path / "run"), fresh=True, seed=1, data=None, kill_at=12,
-                                 recipe=str(tmp_path / "recipe.sh"), kill_rank=1, timeout=120, stop_timeout=60)  # fmt: skip
+    args = types.SimpleNamespace(
+        save_dir=str(tmp_path / "run"),
+        fresh=True,
+        seed=1,
+        data=None,
+        kill_at=12,
+        recipe=str(tmp_path / "recipe.sh"),
+        kill_rank=1,
+        timeout=120,
+        stop_timeout=60,
+    )
     result, table, ok = multi_gpu.resume(args, [("stand_in", {})], ["0", "1"])
     assert result["exit_status"] != 0 and result["leftover_workers"] == [], result
     assert ok, result
@@ -59,7 +68,9 @@ def test_killing_a_rank_stops_the_job_and_the_same_command_resumes(tmp_path, mon
 
 
 def test_interval_lines_are_read_from_fairseq_logs():
-    line = ("2026-11-26 04:12:06 | INFO | train_inner | epoch 001:      2 / 581 loss=13.761, nll_loss=13.769, "
-            "ppl=13955.7, wps=194.1, ups=0.23, wpb=848, bsz=56, num_updates=2, lr=2.0998e-06, gnorm=7.406")  # fmt: skip
+    line = (
+        "2026-11-26 04:12:06 | INFO | train_inner | epoch 001:      2 / 581 loss=13.761, nll_loss=13.769, "
+        "ppl=13955.7, wps=194.1, ups=0.23, wpb=848, bsz=56, num_updates=2, lr=2.0998e-06, gnorm=7.406"
+    )
     valid = "epoch 001 | valid on 'valid' subset | loss 9.79 | nll_loss 9.1 | num_updates 53"
     assert multi_gpu.intervals(line + "\n" + valid) == {2: (13.761, 194.1)}

@@ -1,4 +1,5 @@
-"""Recipe tools: evaluate.sh scores what sacreBLEU scores; make_table on fixture runs; checkpoint averaging."""
+"""Recipe tools: evaluate.sh scores what sacreBLEU scores; make_table on fixture runs; checkpoint averaging;
+sharded evaluation."""
 
 import json
 import os
@@ -9,30 +10,23 @@ import sacrebleu
 import torch
 
 from collab_fairseq.cli import average_checkpoints, make_table
-from tests.helpers import REPO, TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
+from tests.helpers import REPO
 
 
-@pytest.fixture(scope="module")
-def trained_run(copy_data, tmp_path_factory):
-    """A tiny collab model trained on the mapped-copy task, with two update checkpoints kept."""
-    _, bin_dir = copy_data
-    run = tmp_path_factory.mktemp("run")
-    run_cli(
-        "train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab", "--collab-key-dim", "16",
-        "--save-dir", run, *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "60", "--save-interval-updates", "11",
-    )  # fmt: skip
-    return run
-
-
-def test_evaluate_sh_reports_the_bleu_sacrebleu_gives(copy_data, trained_run):
+def test_evaluate_sh_reports_the_bleu_sacrebleu_gives(copy_data, collab_run):
     raw, bin_dir = copy_data
     env = dict(
-        os.environ, DATA=str(bin_dir), SAVE_DIR=str(trained_run), REFERENCE=str(raw / "test.tgt"), BEAM="4",
-        REMOVE_BPE="none", META='{"run": "tiny", "heads": "collab", "key_dim": 16, "seed": 1}',
-    )  # fmt: skip
+        os.environ,
+        DATA=str(bin_dir),
+        SAVE_DIR=str(collab_run),
+        REFERENCE=str(raw / "test.tgt"),
+        BEAM="4",
+        REMOVE_BPE="none",
+        META='{"run": "tiny", "heads": "collab", "key_dim": 16, "seed": 1}',
+    )
     subprocess.run(["bash", str(REPO / "recipes/lib/evaluate.sh")], env=env, check=True, capture_output=True)
-    result = json.load(open(trained_run / "bleu.json"))
-    hyps = open(trained_run / "hypotheses.txt").read().splitlines()
+    result = json.load(open(collab_run / "bleu.json"))
+    hyps = open(collab_run / "hypotheses.txt").read().splitlines()
     refs = open(raw / "test.tgt").read().splitlines()
     assert len(hyps) == len(refs) == result["sentences"] == 100
     assert result["sacrebleu"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
@@ -40,40 +34,50 @@ def test_evaluate_sh_reports_the_bleu_sacrebleu_gives(copy_data, trained_run):
     assert result["run"] == "tiny" and result["beam"] == 4
 
 
-def test_evaluate_refuses_a_reference_of_another_length(copy_data, trained_run, tmp_path):
+def test_evaluate_refuses_a_reference_of_another_length(copy_data, collab_run, tmp_path):
     _, bin_dir = copy_data
     short = tmp_path / "short.tgt"
     short.write_text("W1 W2\n")
-    env = dict(os.environ, DATA=str(bin_dir), SAVE_DIR=str(trained_run), REFERENCE=str(short), REMOVE_BPE="none")
+    env = dict(os.environ, DATA=str(bin_dir), SAVE_DIR=str(collab_run), REFERENCE=str(short), REMOVE_BPE="none")
     proc = subprocess.run(["bash", str(REPO / "recipes/lib/evaluate.sh")], env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "100 hypotheses but 1 references" in proc.stderr
 
 
-def test_average_checkpoints_is_the_mean_of_the_weights(trained_run, tmp_path):
+def test_average_checkpoints_is_the_mean_of_the_weights(collab_run, tmp_path):
     out = tmp_path / "avg.pt"
-    average_checkpoints.main(["--inputs", str(trained_run), "--num-update-checkpoints", "2", "--output", str(out)])
-    paths = average_checkpoints.last_checkpoints(str(trained_run), 2)
+    average_checkpoints.main(["--inputs", str(collab_run), "--num-update-checkpoints", "2", "--output", str(out)])
+    paths = average_checkpoints.last_checkpoints(str(collab_run), 2)
+    assert [p.rsplit("_", 1)[1] for p in paths] == ["200.pt", "100.pt"]  # checkpoint_EPOCH_UPDATES.pt, newest first
     models = [torch.load(p, map_location="cpu")["model"] for p in paths]
     averaged = torch.load(out, map_location="cpu")["model"]
     key = "encoder.layers.0.self_attn.mixing"
     assert torch.allclose(averaged[key], (models[0][key] + models[1][key]) / 2, atol=1e-7)
     with pytest.raises(ValueError, match="need 50"):
-        average_checkpoints.last_checkpoints(str(trained_run), 50)
+        average_checkpoints.last_checkpoints(str(collab_run), 50)
 
 
 def _fixture_run(root, name, heads, key_dim, seed, bleu, valid_losses, params):
     run = root / name
     run.mkdir()
-    meta = {"run": name, "heads": heads, "key_dim": key_dim, "seed": seed, "tag": "", "sacrebleu": bleu,
-            "checkpoint": str(run / "gone.pt")}  # fmt: skip
+    meta = {
+        "run": name,
+        "heads": heads,
+        "key_dim": key_dim,
+        "seed": seed,
+        "tag": "",
+        "sacrebleu": bleu,
+        "checkpoint": str(run / "gone.pt"),
+    }
     (run / "bleu.json").write_text(json.dumps(meta))
     log = [f"2026-11-25 | INFO | fairseq_cli.train | num. shared model params: {params:,} (num. trained: {params:,})"]
     log += [
         f"| valid | epoch 00{i} | valid on 'valid' subset | loss {v} | nll_loss 1.0" for i, v in enumerate(valid_losses)
     ]
-    log += ["| INFO | train | epoch 001 | loss 4.0 | wps 1000 | ups 1 | num_updates 900 | lr 1",
-            "| INFO | train | epoch 002 | loss 3.0 | wps 3000 | ups 1 | num_updates 1800 | lr 1"]  # fmt: skip
+    log += [
+        "| INFO | train | epoch 001 | loss 4.0 | wps 1000 | ups 1 | num_updates 900 | lr 1",
+        "| INFO | train | epoch 002 | loss 3.0 | wps 3000 | ups 1 | num_updates 1800 | lr 1",
+    ]
     (run / "train.log").write_text("\n".join(log) + "\n")
 
 
@@ -85,23 +89,41 @@ def test_make_table_groups_seeds_and_counts_attention_parameters(tmp_path):
     make_table.main([str(tmp_path), "--attention-layout", "512,4,18", "--out", str(out)])
     lines = out.read_text().splitlines()
     assert lines[2] == "| transformer | 512 | - | 1 | 36.00 | 4.100 | 18,911,232 | 35,639,296 | 2000 | 1800 |"
-    assert (
-        lines[3]
-        == "| collab | 128 | - | 2 | 32.00 (30.00-34.00) | 4.350 (4.300-4.400) | 11,860,992 | 28,589,056 | 2000 | 1800 |"
+    assert lines[3] == (
+        "| collab | 128 | - | 2 | 32.00 (30.00-34.00) | 4.350 (4.300-4.400) | 11,860,992 | 28,589,056 | 2000 | 1800 |"
     )
 
 
-def test_sharded_evaluation_equals_one_shard(copy_data, trained_run, tmp_path):
+def test_sharded_evaluation_equals_one_shard(copy_data, collab_run, tmp_path):
     raw, bin_dir = copy_data
     results = []
     for shards in ("1", "3"):
         out = tmp_path / f"bleu{shards}.json"
         subprocess.run(
-            ["python3", "-m", "collab_fairseq.cli.evaluate", "--data", str(bin_dir), "--checkpoint",
-             str(trained_run / "checkpoint_last.pt"), "--reference", str(raw / "test.tgt"), "--remove-bpe", "none",
-             "--beam", "4", "--shards", shards, "--out", str(out), "--hypotheses", str(tmp_path / f"hyp{shards}.txt")],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                "python3",
+                "-m",
+                "collab_fairseq.cli.evaluate",
+                "--data",
+                str(bin_dir),
+                "--checkpoint",
+                str(collab_run / "checkpoint_last.pt"),
+                "--reference",
+                str(raw / "test.tgt"),
+                "--remove-bpe",
+                "none",
+                "--beam",
+                "4",
+                "--shards",
+                shards,
+                "--out",
+                str(out),
+                "--hypotheses",
+                str(tmp_path / f"hyp{shards}.txt"),
+            ],
+            check=True,
+            capture_output=True,
+        )
         results.append(json.load(open(out)))
     assert (tmp_path / "hyp1.txt").read_text() == (tmp_path / "hyp3.txt").read_text()
     assert results[0]["sacrebleu"] == results[1]["sacrebleu"] and results[1]["shards"] == 3

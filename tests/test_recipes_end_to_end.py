@@ -1,9 +1,16 @@
-"""The WMT14 pipeline offline, end to end on small WMT-format files: prepare -> train.sh -> evaluate.sh -> table."""
+"""The recipes: their plans (batch per GPU count, the warm start's phases) printed by DRY_RUN=1, and, marked
+slow, the shell pipelines end to end offline on small files (WMT14: prepare -> train.sh -> evaluate.sh -> table;
+Multi30k: the warm-start default)."""
 
 import json
 import os
+import re
 import subprocess
 
+import pytest
+
+from collab_fairseq.cli.warm_start_schedule import collaborative_phase
+from collab_fairseq.cli.warm_start_schedule import main as schedule_main
 from tests.helpers import REPO
 from tests.test_data_prep import wmt_raw  # noqa: F401  (fixture)
 
@@ -20,16 +27,36 @@ def _bash(script, env):
     return proc
 
 
+@pytest.mark.slow
 def test_wmt14_prepare_train_evaluate_table_offline(wmt_raw, tmp_path):  # noqa: F811
     data = tmp_path / "wmt"
     prep = subprocess.run(
-        ["bash", str(REPO / "data-prep/prepare-wmt14-en-de.sh"), "--raw-dir", str(wmt_raw), "--out-dir", str(data),
-         "--vocab-size", "300", "--workers", "1"], capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "bash",
+            str(REPO / "data-prep/prepare-wmt14-en-de.sh"),
+            "--raw-dir",
+            str(wmt_raw),
+            "--out-dir",
+            str(data),
+            "--vocab-size",
+            "300",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert prep.returncode == 0, prep.stderr[-3000:]
     runs = tmp_path / "runs"
-    common = dict(DATA=str(data / "bin"), FP16="0", MAX_UPDATE="4", MAX_TOKENS="2048", TOKENS_PER_UPDATE="4096",
-                  SAVE_INTERVAL_UPDATES="1", EXTRA=TINY)  # fmt: skip
+    common = dict(
+        DATA=str(data / "bin"),
+        FP16="0",
+        MAX_UPDATE="4",
+        MAX_TOKENS="2048",
+        TOKENS_PER_UPDATE="4096",
+        SAVE_INTERVAL_UPDATES="1",
+        EXTRA=TINY,
+    )
     for heads, key_dim in [("transformer", ""), ("collab", "16")]:
         run = runs / f"{heads}_dk{key_dim or 32}_s1"
         log = _bash(
@@ -37,19 +64,32 @@ def test_wmt14_prepare_train_evaluate_table_offline(wmt_raw, tmp_path):  # noqa:
         )
         assert "1 GPU(s) x 2048 tokens x update-freq 2 = 4096 tokens/update" in log.stderr
         meta = json.dumps({"run": run.name, "heads": heads, "key_dim": int(key_dim or 32), "seed": 1})
-        _bash("recipes/wmt14_en_de/evaluate.sh", dict(DATA=str(data / "bin"), SAVE_DIR=str(run), AVERAGE_LAST="2",
-              META=meta, GENERATE_ARGS="--max-len-a 0 --max-len-b 4"))  # fmt: skip
+        _bash(
+            "recipes/wmt14_en_de/evaluate.sh",
+            dict(
+                DATA=str(data / "bin"),
+                SAVE_DIR=str(run),
+                AVERAGE_LAST="2",
+                META=meta,
+                GENERATE_ARGS="--max-len-a 0 --max-len-b 4",
+            ),
+        )
         result = json.load(open(run / "bleu.json"))
         assert result["sentences"] == 3003 and result["beam"] == 4 and result["lenpen"] == 0.6
         assert result["checkpoint"].endswith("averaged_last2.pt")
         assert "tokenized_bleu_compound_split" in result
-    table = subprocess.run(["python3", "-m", "collab_fairseq.cli.make_table", str(runs), "--out", str(tmp_path / "t.md")],
-                           capture_output=True, text=True, check=True)  # fmt: skip
+    table = subprocess.run(
+        ["python3", "-m", "collab_fairseq.cli.make_table", str(runs), "--out", str(tmp_path / "t.md")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = (tmp_path / "t.md").read_text().splitlines()
     assert lines[2].startswith("| transformer | 32 | - | 1 |") and lines[3].startswith("| collab | 16 | - | 1 |")
     assert table.returncode == 0
 
 
+@pytest.mark.slow
 def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_data, tmp_path):
     """The default recipe of collaborative heads (results/collab_quality.md): fairseq's transformer for
     WARM_START updates, collab-reparametrize to D_k, then the collaborative model for the rest, with the
@@ -57,11 +97,30 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     raw, bin_dir = copy_data
     tiny = TINY.replace("--num-workers 0", "--num-workers 0 --log-interval 1")
     runs = tmp_path / "runs"
-    env = dict(DATA=str(bin_dir), FP16="0", MAX_UPDATE="6", WARMUP="5", MAX_TOKENS="2048", TOKENS_PER_UPDATE="2048",
-               EXTRA=tiny, WARM_START_EXTRA=tiny, WARM_START="3", PATIENCE="50", RUNS_DIR=str(runs), TABLE="", PLOT="",
-               REFERENCE=str(raw / "test.tgt"), REMOVE_BPE="none", GENERATE_ARGS="--max-len-a 0 --max-len-b 5")  # fmt: skip
-    proc = subprocess.run(["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1", "transformer:32:1"],
-                          env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+    env = dict(
+        DATA=str(bin_dir),
+        FP16="0",
+        MAX_UPDATE="6",
+        WARMUP="5",
+        MAX_TOKENS="2048",
+        TOKENS_PER_UPDATE="2048",
+        EXTRA=tiny,
+        WARM_START_EXTRA=tiny,
+        WARM_START="3",
+        PATIENCE="50",
+        RUNS_DIR=str(runs),
+        TABLE="",
+        PLOT="",
+        REFERENCE=str(raw / "test.tgt"),
+        REMOVE_BPE="none",
+        GENERATE_ARGS="--max-len-a 0 --max-len-b 5",
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1", "transformer:32:1"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = runs / "collab_dk16_ws3_s1"
     warm = (run / "warm_start" / "train.log").read_text()
@@ -79,29 +138,87 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     assert json.load(open(plain / "bleu.json"))["sentences"] > 0
 
 
+@pytest.mark.slow
 def test_failed_training_names_the_log_and_how_to_resume(copy_data, tmp_path):
     _, bin_dir = copy_data
     env = dict(DATA=str(bin_dir), HEADS="transformer", FP16="0", SAVE_DIR=str(tmp_path / "run"), EXTRA="--no-such-flag")
-    proc = subprocess.run(["bash", str(REPO / "recipes/multi30k_en_de/train.sh")], env={**os.environ, **env},
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes/multi30k_en_de/train.sh")],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "unrecognized arguments: --no-such-flag" in proc.stdout
     assert f"error: fairseq-train stopped with exit status {proc.returncode} ({tmp_path}/run/train.log" in proc.stderr
     assert "re-running the same command resumes from scratch (no checkpoint was saved yet)" in proc.stderr
 
 
-def test_the_effective_batch_is_kept_on_any_gpu_count(copy_data, tmp_path):
-    """update-freq and the per-GPU batch follow the world size (GPUs x NNODES; NNODES stands in for GPUs here,
-    and a bad flag stops fairseq right after train.sh has printed its batch arithmetic)."""
-    _, bin_dir = copy_data
-    for nnodes, tokens, expected in [
-        ("1", "4096", "1 GPU(s) x 4096 tokens x update-freq 8 = 32768 tokens/update"),
-        ("2", "4096", "2 GPU(s) x 4096 tokens x update-freq 4 = 32768 tokens/update"),
-        ("3", "4096", "3 GPU(s) x 3641 tokens x update-freq 3 = 32769 tokens/update"),
-        ("2", "8192", "2 GPU(s) x 4096 tokens x update-freq 1 = 8192 tokens/update"),  # Multi30k's batch
-    ]:
-        target = "8192" if expected.endswith("= 8192 tokens/update") else "32768"
-        env = dict(DATA=str(bin_dir), HEADS="transformer", SAVE_DIR=str(tmp_path / nnodes / tokens), NNODES=nnodes,
-                   MAX_TOKENS=tokens, TOKENS_PER_UPDATE=target, EXTRA="--no-such-flag")  # fmt: skip
-        proc = subprocess.run(["bash", str(REPO / "recipes/wmt14_en_de/train.sh")], env={**os.environ, **env},
-                              capture_output=True, text=True)  # fmt: skip
-        assert expected in proc.stderr, proc.stderr[-2000:]
+def _dry_run(script, **env):
+    proc = subprocess.run(
+        ["bash", str(REPO / script)], env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _flag(command, name):
+    return re.search(rf"{name} (\S+)", command).group(1)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("max_tokens,target", [(4096, 32768), (3000, 32768), (8192, 8192)])
+def test_the_effective_batch_is_kept_on_any_gpu_count(gpus, max_tokens, target):
+    """GPUs x update-freq x tokens per GPU reaches the target with the fewest accumulation steps and at most
+    one token per GPU-step more, whatever the GPU count (NGPU counts them here, NNODES the nodes)."""
+    for ngpu, nnodes in [(gpus, 1), (1, gpus)] if gpus > 1 else [(1, 1)]:
+        proc = _dry_run(
+            "recipes/wmt14_en_de/train.sh",
+            HEADS="transformer",
+            NGPU=str(ngpu),
+            NNODES=str(nnodes),
+            MAX_TOKENS=str(max_tokens),
+            TOKENS_PER_UPDATE=str(target),
+        )
+        tokens, freq = int(_flag(proc.stdout, "--max-tokens")), int(_flag(proc.stdout, "--update-freq"))
+        assert freq == -(-target // (max_tokens * gpus))  # ceil: the fewest steps that reach the target
+        assert gpus * freq * tokens >= target and gpus * freq * (tokens - 1) < target and tokens <= max_tokens
+        assert f"{gpus} GPU(s) x {tokens} tokens x update-freq {freq} = {gpus * freq * tokens}" in proc.stderr
+
+
+def test_the_warm_start_plan_is_transformer_then_conversion_then_collaborative_continuation(tmp_path):
+    proc = _dry_run(
+        "recipes/multi30k_en_de/train.sh",
+        HEADS="collab",
+        KEY_DIM="64",
+        NGPU="1",
+        SAVE_DIR=str(tmp_path / "run"),
+        DATA=str(tmp_path / "bin"),
+    )
+    transformer, convert, collab = proc.stdout.strip().splitlines()
+    assert "--arch transformer_iwslt_de_en" in transformer and _flag(transformer, "--max-update") == "600"
+    assert _flag(transformer, "--save-dir") == str(tmp_path / "run" / "warm_start") and "--patience" not in transformer
+    assert convert.startswith("python3 -m collab_fairseq.cli.reparametrize") and "--key-dim 64" in convert
+    assert f"{tmp_path}/run/warm_start/checkpoint_last.pt {tmp_path}/run/warm_start_dk64.pt" in convert
+    assert "--arch transformer_collab_iwslt_de_en --collab-key-dim 64" in collab
+    assert _flag(collab, "--finetune-from-model") == f"{tmp_path}/run/warm_start_dk64.pt"
+    assert [_flag(collab, f) for f in ("--max-update", "--warmup-updates", "--warmup-init-lr")] == [
+        "1200",
+        "400",
+        "0.0006",
+    ]
+    # from scratch: one phase
+    proc = _dry_run("recipes/multi30k_en_de/train.sh", HEADS="collab", WARM_START="", NGPU="1", DATA=str(tmp_path))
+    assert len(proc.stdout.strip().splitlines()) == 1 and "--warmup-init-lr 1e-07" in proc.stdout
+
+
+def test_the_collaborative_phase_continues_the_warm_up_where_the_transformer_stopped():
+    phase = collaborative_phase(lr=1e-3, warmup=1000, warm_start=600, max_update=1800)
+    assert phase == {"WARMUP_INIT_LR": 0.0006, "WARMUP_UPDATES": 400, "MAX_UPDATE": 1200}
+    # inverse_sqrt's linear warm-up, restarted at lr(U), is the single run's warm-up shifted by U
+    for u in (0, 100, 399):
+        restarted = phase["WARMUP_INIT_LR"] + u * (1e-3 - phase["WARMUP_INIT_LR"]) / phase["WARMUP_UPDATES"]
+        assert abs(restarted - 1e-3 * (600 + u) / 1000) < 1e-15
+    for bad in (0, 1000, 1800):
+        with pytest.raises(ValueError, match="must be in \\(0, min\\(WARMUP=1000, MAX_UPDATE=1800\\)\\)"):
+            collaborative_phase(1e-3, 1000, bad, 1800)
+    assert schedule_main(["--lr", "1e-3", "--warmup", "1000", "--warm-start", "1000", "--max-update", "1800"]) == 2

@@ -8,21 +8,9 @@ from fairseq import checkpoint_utils, tasks
 
 from collab_fairseq.cli import analyze, reparametrize
 from collab_fairseq.reparam.cp import AttentionWeights, cp_decompose, head_products, reparametrize_attention
-from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, run_cli
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, fairseq_generate, fairseq_train
 
 HEADS, EMBED = 4, 64
-
-
-@pytest.fixture(scope="module")
-def transformer_run(copy_data, tmp_path_factory):
-    """fairseq's own transformer (4 heads of d_k=16, 64 dims), trained a little on the mapped-copy task."""
-    _, bin_dir = copy_data
-    run = tmp_path_factory.mktemp("transformer")
-    run_cli(
-        "train", bin_dir, "--arch", "transformer_iwslt_de_en", "--save-dir", run, *TINY_MODEL, *TRAIN_FLAGS,
-        "--max-update", "30", "--share-all-embeddings",
-    )  # fmt: skip
-    return run / "checkpoint_last.pt"
 
 
 def _outputs(ckpt, bin_dir):
@@ -40,34 +28,91 @@ def _outputs(ckpt, bin_dir):
         return model(src, torch.full((3,), 9), prev)[0]
 
 
-def test_full_key_dim_conversion_gives_the_same_outputs(copy_data, transformer_run, tmp_path):
+def test_full_key_dim_conversion_gives_the_same_outputs(copy_data, transformer_checkpoint, tmp_path):
     _, bin_dir = copy_data
     out = tmp_path / "collab64.pt"
-    assert reparametrize.main([str(transformer_run), str(out), "--key-dim", "64", "--device", "cpu"]) == 0
+    assert reparametrize.main([str(transformer_checkpoint), str(out), "--key-dim", "64", "--device", "cpu"]) == 0
     state = torch.load(out, map_location="cpu")
     assert state["cfg"]["model"].arch == "transformer_collab_iwslt_de_en"
     assert state["model"]["encoder.layers.0.self_attn.mixing"].shape == (HEADS, 64)
     assert "last_optimizer_state" not in state
-    assert (_outputs(out, bin_dir) - _outputs(transformer_run, bin_dir)).abs().max() <= 1e-5
+    assert (_outputs(out, bin_dir) - _outputs(transformer_checkpoint, bin_dir)).abs().max() <= 1e-5
 
 
-def test_reduced_key_dim_checkpoint_generates_and_fine_tunes(copy_data, transformer_run, tmp_path):
+def test_reduced_key_dim_checkpoint_generates_and_fine_tunes(copy_data, transformer_checkpoint, tmp_path):
     _, bin_dir = copy_data
     out = tmp_path / "collab16.pt"
     report = tmp_path / "report.json"
-    assert reparametrize.main([str(transformer_run), str(out), "--key-dim", "16", "--report", str(report)]) == 0
+    assert reparametrize.main([str(transformer_checkpoint), str(out), "--key-dim", "16", "--report", str(report)]) == 0
     assert torch.load(out, map_location="cpu")["model"]["decoder.layers.1.encoder_attn.q_proj.weight"].shape == (16, 64)
-    gen = run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
-    assert "Generate test with beam=2" in gen.stdout
-    train = run_cli(
-        "train", bin_dir, "--user-dir", USER_DIR, "--arch", "transformer_collab_iwslt_de_en", "--collab-key-dim", "16",
-        "--finetune-from-model", out, "--save-dir", tmp_path / "ft", *TINY_MODEL, *TRAIN_FLAGS, "--max-update", "3",
+    gen = fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
+    assert "Generate test with beam=2" in gen
+    train = fairseq_train(
+        bin_dir,
+        "--user-dir",
+        USER_DIR,
+        "--arch",
+        "transformer_collab_iwslt_de_en",
+        "--collab-key-dim",
+        "16",
+        "--finetune-from-model",
+        out,
+        "--save-dir",
+        tmp_path / "ft",
+        *TINY_MODEL,
+        *TRAIN_FLAGS,
+        "--max-update",
+        "3",
         "--share-all-embeddings",
-    )  # fmt: skip
+    )
     assert (tmp_path / "ft" / "checkpoint_last.pt").exists()
-    assert f"Loaded checkpoint {out}" in train.stdout and "num_updates 3" in train.stdout
+    assert f"Loaded checkpoint {out}" in train and "num_updates 3" in train
     tuned = torch.load(tmp_path / "ft" / "checkpoint_last.pt", map_location="cpu")["model"]
     assert tuned["encoder.layers.0.self_attn.mixing"].shape == (HEADS, 16)
+
+
+def _mixing_matrices(checkpoint, **overrides):
+    models, _ = checkpoint_utils.load_model_ensemble([str(checkpoint)], arg_overrides=overrides)
+    return {n: m.mixing_matrix().detach() for n, m in models[0].named_modules() if hasattr(m, "mixing_matrix")}
+
+
+def test_a_mixing_scale_given_at_conversion_survives_loading_and_fine_tuning_without_it(
+    copy_data, transformer_checkpoint, tmp_path
+):
+    """collab-reparametrize --mixing-lr-scale 0.1 stores P = M / 0.1 (so Adam moves M 10x slower); a model built
+    with another scale (here fairseq-train --finetune-from-model without the flag) must start from the same M."""
+    _, bin_dir = copy_data
+    out = tmp_path / "scaled.pt"
+    argv = [str(transformer_checkpoint), str(out), "--key-dim", "16", "--mixing-lr-scale", "0.1", "--n-iter", "20"]
+    assert reparametrize.main(argv) == 0
+    converted = _mixing_matrices(out)
+    assert len(converted) == 6 and all(m.abs().amax() > 0.5 for m in converted.values())  # peak |M| = 1 per dim
+    for name, mixing in _mixing_matrices(out, collab_mixing_lr_scale=1.0).items():
+        torch.testing.assert_close(mixing, converted[name], rtol=1e-6, atol=0)
+    fairseq_train(
+        bin_dir,
+        "--user-dir",
+        USER_DIR,
+        "--arch",
+        "transformer_collab_iwslt_de_en",
+        "--collab-key-dim",
+        "16",
+        "--finetune-from-model",
+        out,
+        "--save-dir",
+        tmp_path / "ft",
+        *TINY_MODEL,
+        *TRAIN_FLAGS,
+        "--max-update",
+        "1",
+        "--share-all-embeddings",
+        "--lr",
+        "1e-9",
+        "--warmup-updates",
+        "1",
+    )
+    for name, mixing in _mixing_matrices(tmp_path / "ft" / "checkpoint_last.pt").items():
+        torch.testing.assert_close(mixing, converted[name], rtol=0, atol=1e-6)  # one step of lr 1e-9
 
 
 def test_decomposition_at_full_rank_reconstructs_the_head_products():
@@ -108,8 +153,8 @@ def test_converted_layer_scores_equal_the_decomposed_products():
     assert torch.allclose(new.mixing.abs().amax(dim=0), torch.ones(6))  # balanced: peak |M| = 1 per component
 
 
-def test_analyze_reports_energy_dimensions(transformer_run, tmp_path, capsys):
-    assert analyze.main([str(transformer_run), "--json", str(tmp_path / "s.json")]) == 0
+def test_analyze_reports_energy_dimensions(transformer_checkpoint, tmp_path, capsys):
+    assert analyze.main([str(transformer_checkpoint), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     assert "encoder.layers.0.self_attn" in out and "max over layers for 90% of the energy: D_k =" in out
     rows = __import__("json").load(open(tmp_path / "s.json"))
@@ -123,37 +168,37 @@ def _error(capsys, argv):
     return capsys.readouterr().err
 
 
-def test_bad_inputs_are_refused_before_any_output(transformer_run, tmp_path, capsys):
+def test_bad_inputs_are_refused_before_any_output(transformer_checkpoint, tmp_path, capsys):
     out = tmp_path / "out.pt"
-    assert "out of range" in _error(capsys, [str(transformer_run), str(out), "--key-dim", "65"])
-    assert "positive integer" in _error(capsys, [str(transformer_run), str(out), "--key-dim", "0"])
+    assert "out of range" in _error(capsys, [str(transformer_checkpoint), str(out), "--key-dim", "65"])
+    assert "positive integer" in _error(capsys, [str(transformer_checkpoint), str(out), "--key-dim", "0"])
     broken = tmp_path / "broken.pt"
-    broken.write_bytes(transformer_run.read_bytes()[:5000])
+    broken.write_bytes(transformer_checkpoint.read_bytes()[:5000])
     assert "truncated or corrupted" in _error(capsys, [str(broken), str(out), "--key-dim", "16"])
     assert "no checkpoint at" in _error(capsys, [str(tmp_path / "missing.pt"), str(out), "--key-dim", "16"])
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
     out.write_text("keep me")
-    assert "pass --force" in _error(capsys, [str(transformer_run), str(out), "--key-dim", "16"])
+    assert "pass --force" in _error(capsys, [str(transformer_checkpoint), str(out), "--key-dim", "16"])
     assert out.read_text() == "keep me"
 
 
-def test_unsupported_and_already_collaborative_models_are_refused(transformer_run, tmp_path, capsys):
-    state = torch.load(transformer_run, map_location="cpu")
+def test_unsupported_and_already_collaborative_models_are_refused(transformer_checkpoint, tmp_path, capsys):
+    state = torch.load(transformer_checkpoint, map_location="cpu")
     state["cfg"]["model"].arch = "lstm"
     torch.save(state, tmp_path / "lstm.pt")
     assert "unsupported architecture 'lstm'" in _error(
         capsys, [str(tmp_path / "lstm.pt"), str(tmp_path / "o.pt"), "--key-dim", "16"]
     )
     collab = tmp_path / "collab.pt"
-    assert reparametrize.main([str(transformer_run), str(collab), "--key-dim", "32"]) == 0
+    assert reparametrize.main([str(transformer_checkpoint), str(collab), "--key-dim", "32"]) == 0
     assert "already a collaborative" in _error(capsys, [str(collab), str(tmp_path / "o2.pt"), "--key-dim", "16"])
 
 
-def test_per_layer_key_dims_and_error_target_choose_each_layer(copy_data, transformer_run, tmp_path):
+def test_per_layer_key_dims_and_error_target_choose_each_layer(copy_data, transformer_checkpoint, tmp_path):
     _, bin_dir = copy_data
     fixed = tmp_path / "fixed.pt"
     argv = [
-        str(transformer_run),
+        str(transformer_checkpoint),
         str(fixed),
         "--key-dim",
         "32",
@@ -166,19 +211,20 @@ def test_per_layer_key_dims_and_error_target_choose_each_layer(copy_data, transf
     assert state["model"]["encoder.layers.1.self_attn.q_proj.weight"].shape == (16, EMBED)
     assert state["model"]["decoder.layers.0.self_attn.mixing"].shape == (HEADS, 8)
     assert state["model"]["decoder.layers.1.self_attn.mixing"].shape == (HEADS, 32)
-    run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", fixed, "--beam", "2", "--batch-size", "50")
+    fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", fixed, "--beam", "2", "--batch-size", "50")
 
     target = tmp_path / "target.pt"
     report = tmp_path / "report.json"
-    argv = [str(transformer_run), str(target), "--max-error", "0.3", "--report", str(report), "--n-iter", "20"]
+    argv = [str(transformer_checkpoint), str(target), "--max-error", "0.3", "--report", str(report), "--n-iter", "20"]
     assert reparametrize.main(argv) == 0
     rows = __import__("json").load(open(report))["layers"]
     for row in rows:  # each layer: the smallest multiple of H meeting the target
         assert row["relative_error"] <= 0.3 and row["key_dim"] % HEADS == 0
         if row["key_dim"] > HEADS:
-            weights = torch.load(transformer_run, map_location="cpu")["model"]
+            weights = torch.load(transformer_checkpoint, map_location="cpu")["model"]
             prefix = row["layer"]
-            w = AttentionWeights(weights[f"{prefix}.q_proj.weight"].float(), None,
-                                 weights[f"{prefix}.k_proj.weight"].float(), HEADS)  # fmt: skip
+            w = AttentionWeights(
+                weights[f"{prefix}.q_proj.weight"].float(), None, weights[f"{prefix}.k_proj.weight"].float(), HEADS
+            )
             assert reparametrize_attention(w, row["key_dim"] - HEADS, n_iter=20).relative_error > 0.3
-    run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", target, "--beam", "2", "--batch-size", "50")
+    fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", target, "--beam", "2", "--batch-size", "50")

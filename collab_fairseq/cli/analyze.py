@@ -12,13 +12,8 @@ import json
 import sys
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
-from collab_fairseq.reparam.checkpoint import (
-    CheckpointError,
-    attention_heads,
-    attention_layers,
-    load_checkpoint,
-    model_args,
-)
+from collab_fairseq.models.collab_config import attention_heads
+from collab_fairseq.reparam.convert_checkpoint import CheckpointError, attention_layers, load_checkpoint, model_args
 from collab_fairseq.reparam.spectrum import ENERGIES, energy_dims, layer_products, layer_spectrum
 
 

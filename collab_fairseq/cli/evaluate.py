@@ -24,20 +24,38 @@ import sacrebleu
 logger = logging.getLogger(__name__)
 
 
-def run_generate(data, checkpoint, subset, beam, lenpen, batch_size, user_dir, extra=(), remove_bpe="sentencepiece",
-                 shards=1):  # fmt: skip
+def run_generate(
+    data, checkpoint, subset, beam, lenpen, batch_size, user_dir, extra=(), remove_bpe="sentencepiece", shards=1
+):
     """fairseq-generate -> detokenized hypotheses (``remove_bpe``: fairseq's post-process), in corpus order.
 
     With ``shards`` > 1 the test set is split with fairseq's --num-shards/--shard-id and the shards are
     translated in parallel, shard i on the i-th visible GPU; hypotheses are merged back by sentence id.
     """
     cmd = [
-        sys.executable, "-m", "fairseq_cli.generate", data, "--user-dir", user_dir, "--path", checkpoint,
-        "--gen-subset", subset, "--beam", str(beam), "--lenpen", str(lenpen), "--batch-size", str(batch_size),
-        "--remove-bpe", remove_bpe, *extra,
+        sys.executable,
+        "-m",
+        "fairseq_cli.generate",
+        data,
+        "--user-dir",
+        user_dir,
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        subset,
+        "--beam",
+        str(beam),
+        "--lenpen",
+        str(lenpen),
+        "--batch-size",
+        str(batch_size),
+        "--remove-bpe",
+        remove_bpe,
+        *extra,
         # fairseq-fixed 0.12.3.1 silently drops the last batch when it is not a multiple of this (default 8)
-        "--required-batch-size-multiple", "1",
-    ]  # fmt: skip
+        "--required-batch-size-multiple",
+        "1",
+    ]
     devices = _visible_devices()
     procs = []
     for shard in range(shards):
@@ -140,11 +158,26 @@ def main(argv=None):
         refs = [line.rstrip("\n") for line in f]
     shards = args.shards if args.shards else max(len(_visible_devices()), 1)
     hyps = run_generate(
-        args.data, args.checkpoint, args.subset, args.beam, args.lenpen, args.batch_size, user_dir,
-        shlex.split(args.generate_args), args.remove_bpe, shards,
-    )  # fmt: skip
-    result = {**json.loads(args.meta), "checkpoint": args.checkpoint, "subset": args.subset, "beam": args.beam,
-              "lenpen": args.lenpen, "shards": shards, **score(hyps, refs, args.target_lang, args.tokenized_bleu)}  # fmt: skip
+        args.data,
+        args.checkpoint,
+        args.subset,
+        args.beam,
+        args.lenpen,
+        args.batch_size,
+        user_dir,
+        shlex.split(args.generate_args),
+        args.remove_bpe,
+        shards,
+    )
+    result = {
+        **json.loads(args.meta),
+        "checkpoint": args.checkpoint,
+        "subset": args.subset,
+        "beam": args.beam,
+        "lenpen": args.lenpen,
+        "shards": shards,
+        **score(hyps, refs, args.target_lang, args.tokenized_bleu),
+    }
     if args.hypotheses:
         write_atomic(args.hypotheses, "".join(h + "\n" for h in hyps))
     write_atomic(args.out, json.dumps(result, indent=1) + "\n")

@@ -102,10 +102,17 @@ def table(rows):
     ):
         first = rs[0]
         cells = [
-            heads, key_dim, tag or "-", len(rs), _fmt([r["sacrebleu"] for r in rs], 2),
-            _fmt([r["best_valid_loss"] for r in rs], 3), _int(first["attention_params"]), _int(first["params"]),
-            _fmt([r["wps"] for r in rs], 0), first["updates"] or "-",
-        ]  # fmt: skip
+            heads,
+            key_dim,
+            tag or "-",
+            len(rs),
+            _fmt([r["sacrebleu"] for r in rs], 2),
+            _fmt([r["best_valid_loss"] for r in rs], 3),
+            _int(first["attention_params"]),
+            _int(first["params"]),
+            _fmt([r["wps"] for r in rs], 0),
+            first["updates"] or "-",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -128,9 +135,14 @@ def plot(rows, path):
     for (heads, tag), by_dk in sorted(series.items()):
         dks = sorted(by_dk)
         means = [statistics.mean(by_dk[d]) for d in dks]
-        ax.errorbar(dks, means, yerr=[[m - min(by_dk[d]) for d, m in zip(dks, means)],
-                                      [max(by_dk[d]) - m for d, m in zip(dks, means)]],
-                    marker=markers[heads], label=f"{heads} {tag.lstrip('_')}".strip(), capsize=3)  # fmt: skip
+        ax.errorbar(
+            dks,
+            means,
+            yerr=[[m - min(by_dk[d]) for d, m in zip(dks, means)], [max(by_dk[d]) - m for d, m in zip(dks, means)]],
+            marker=markers[heads],
+            label=f"{heads} {tag.lstrip('_')}".strip(),
+            capsize=3,
+        )
     base = [r["sacrebleu"] for r in rows if r.get("heads") == "transformer"]
     if base:
         ax.axhline(statistics.mean(base), color="gray", linestyle="--", label="transformer")
@@ -148,9 +160,10 @@ def main(argv=None):
     parser.add_argument("--out", help="write the markdown table here (atomic)")
     parser.add_argument("--plot", help="write a BLEU vs D_k plot here (needs matplotlib)")
     parser.add_argument(
-        "--attention-layout", help="E,H,LAYERS: count attention parameters in closed form when checkpoints are gone "
+        "--attention-layout",
+        help="E,H,LAYERS: count attention parameters in closed form when checkpoints are gone "
         "(transformer_iwslt_de_en: 512,4,18)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     layout = tuple(int(x) for x in args.attention_layout.split(",")) if args.attention_layout else None
     rows = collect(args.runs_dir, layout)

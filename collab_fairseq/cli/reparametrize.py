@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
 from collab_fairseq.models.collab_config import ATTENTIONS, parse_attentions, parse_layer_key_dims
-from collab_fairseq.reparam.checkpoint import (
+from collab_fairseq.reparam.convert_checkpoint import (
     CheckpointError,
     load_checkpoint,
     reparametrize_checkpoint,
@@ -40,9 +40,10 @@ def parse_args(argv=None):
         "--layer-key-dims", default="", help="per-layer D_k, ATTENTION:LAYER=D_K,... (as --collab-layer-key-dims)"
     )
     p.add_argument(
-        "--max-error", type=float,
+        "--max-error",
+        type=float,
         help="choose each layer's D_k: the smallest multiple of H whose relative error of the head products is <= this",
-    )  # fmt: skip
+    )
     p.add_argument("--attentions", default=",".join(ATTENTIONS), help="which attentions to convert")
     p.add_argument("--n-iter", type=int, default=200, help="CP-ALS iterations per layer (default 200)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -71,9 +72,16 @@ def main(argv=None):
             raise CheckpointError(f"{args.output} exists: choose another output path, or pass --force to overwrite it")
         state = load_checkpoint(args.checkpoint)
         new_state, report = reparametrize_checkpoint(
-            state, args.key_dim, attentions, n_iter=args.n_iter, device=device,
-            mixing_lr_scale=args.mixing_lr_scale, progress=tqdm, layer_key_dims=layer_key_dims, max_error=args.max_error,
-        )  # fmt: skip
+            state,
+            args.key_dim,
+            attentions,
+            n_iter=args.n_iter,
+            device=device,
+            mixing_lr_scale=args.mixing_lr_scale,
+            progress=tqdm,
+            layer_key_dims=layer_key_dims,
+            max_error=args.max_error,
+        )
         save_atomically(new_state, args.output, force=args.force)
     except (CheckpointError, ValueError) as err:
         print(f"collab-reparametrize: error: {err}", file=sys.stderr)

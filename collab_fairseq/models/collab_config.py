@@ -1,22 +1,27 @@
-"""Options of the collaborative-attention transformer, declared once.
+"""Options of the collaborative-attention transformer: declared, parsed and checked here, once.
 
-The transformer's own options stay fairseq's (``TransformerConfig``); these are
-added next to them, on the command line (``--collab-key-dim`` ...) and in
-``fairseq-hydra-train`` model configs (``collab_key_dim: 128`` ...).
+The transformer's own options stay fairseq's (``TransformerConfig``); these are added next to
+them, on the command line (``--collab-key-dim`` ...) and in ``fairseq-hydra-train`` model
+configs (``collab_key_dim: 128`` ...). :func:`collab_layers` turns them into the options of
+every collaborative attention layer; the layer build hooks only look their layer up.
 """
 
+import functools
+import re
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES, check_key_dim
-from collab_fairseq.modules.layer_choice import (  # noqa: F401  (re-exported: the options' parsers)
-    ATTENTIONS,
-    layer_key_dim,
-    parse_attentions,
-    parse_layer_key_dims,
-)
+from collab_fairseq.modules.attention_kernels import KERNELS
+from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES
+
+# attention kind -> (the stack whose layers hold it, the stack whose width its keys have)
+ATTENTIONS = {
+    "encoder_self": ("encoder", "encoder"),
+    "decoder_self": ("decoder", "decoder"),
+    "encoder_decoder": ("decoder", "encoder"),
+}
 
 
 @dataclass
@@ -60,44 +65,141 @@ class CollabAttentionConfig(FairseqDataclass):
         default="",
         metadata={
             "help": "per-layer D_k overriding --collab-key-dim, comma-separated ATTENTION:LAYER=D_K, e.g. "
-            "'encoder_self:0=192,encoder_decoder:5=64' (layers count from 0; collab-reparametrize --max-error writes it)"
+            "'encoder_self:0=192,encoder_decoder:5=64' (layers count from 0; collab-reparametrize "
+            "--max-error writes it)"
         },
     )
     collab_no_content_bias: bool = field(
         default=False,
         metadata={"help": "drop the per-head key-dependent content bias c_h(y) = y W_C of collaborative heads"},
     )
+    collab_attention_kernel: ChoiceEnum(list(KERNELS)) = field(
+        default="bmm",
+        metadata={
+            "help": "how collaborative heads compute attention when no weights are returned: bmm (one GEMM of "
+            "all heads' queries against the shared keys, then softmax), sdpa (torch's fused attention, the "
+            "content bias and padding as a mask), folded (fused attention with no mask: content bias and "
+            "padding folded into extra key dims); the same function, results/performance.md times them"
+        },
+    )
+
+
+COLLAB_OPTIONS = {f.name: f.default for f in fields(CollabAttentionConfig) if f.name.startswith("collab_")}
 
 
 def set_collab_defaults(args) -> None:
     """Fill the collab options missing from ``args`` with the dataclass defaults."""
-    for f in fields(CollabAttentionConfig):
-        if getattr(args, f.name, None) is None:
-            setattr(args, f.name, f.default)
+    for name, default in COLLAB_OPTIONS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
 
 
-def validate_collab_args(args) -> None:
-    """Check every collaborative layer the model would build; raise ValueError naming the fix."""
-    attentions = parse_attentions(args.collab_attentions)
-    shapes = {
-        "encoder_self": (args.encoder_attention_heads, args.encoder_embed_dim, args.encoder_layers),
-        "decoder_self": (args.decoder_attention_heads, args.decoder_embed_dim, args.decoder_layers),
-        "encoder_decoder": (args.decoder_attention_heads, args.decoder_embed_dim, args.decoder_layers),
-    }
-    for name, layer in parse_layer_key_dims(args.collab_layer_key_dims):
-        if name not in attentions:
-            raise ValueError(f"--collab-layer-key-dims sets {name}:{layer} but {name} is not in --collab-attentions")
-        if layer >= shapes[name][2]:
+def parse_attentions(spec: str) -> List[str]:
+    """'encoder_self,decoder_self' -> ['encoder_self', 'decoder_self']; ValueError on unknown names."""
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    unknown = [n for n in names if n not in ATTENTIONS]
+    if unknown:
+        raise ValueError(
+            f"--collab-attentions: unknown attention(s) {', '.join(unknown)}; choose from {', '.join(ATTENTIONS)}"
+        )
+    return names
+
+
+def parse_layer_key_dims(spec: str) -> Dict[Tuple[str, int], int]:
+    """'encoder_self:0=192,encoder_decoder:5=64' -> {('encoder_self', 0): 192, ...}; ValueError naming the fix."""
+    dims = {}
+    for item in (s.strip() for s in str(spec or "").split(",")):
+        if not item:
+            continue
+        m = re.fullmatch(r"(\w+):(\d+)=(-?\d+)", item)
+        if not m or m.group(1) not in ATTENTIONS:
             raise ValueError(
-                f"--collab-layer-key-dims: {name}:{layer} does not exist ({shapes[name][2]} layers, 0-based)"
+                f"--collab-layer-key-dims: cannot read {item!r}; write ATTENTION:LAYER=D_K with ATTENTION one of "
+                f"{', '.join(ATTENTIONS)}, e.g. encoder_self:0=192"
             )
-    for name in attentions:
-        num_heads, embed_dim, layers = shapes[name]
+        dims[(m.group(1), int(m.group(2)))] = int(m.group(3))
+    return dims
+
+
+def format_layer_key_dims(dims: Dict[Tuple[str, int], int]) -> str:
+    """The inverse of :func:`parse_layer_key_dims` (sorted)."""
+    return ",".join(f"{attention}:{layer}={d}" for (attention, layer), d in sorted(dims.items()))
+
+
+def _stack_value(cfg, stack: str, name: str):
+    """``cfg.encoder_layers`` of an argparse namespace, or ``cfg.encoder.layers`` of a TransformerConfig."""
+    flat = getattr(cfg, f"{stack}_{name}", None)
+    return flat if flat is not None else getattr(getattr(cfg, stack), name)
+
+
+def attention_heads(cfg) -> Dict[str, int]:
+    """Heads of each attention kind of the model that ``cfg`` describes."""
+    return {kind: _stack_value(cfg, stack, "attention_heads") for kind, (stack, _) in ATTENTIONS.items()}
+
+
+@dataclass(frozen=True)
+class CollabLayerOptions:
+    """What one collaborative attention layer is built with: where it is, and CollaborativeMultiheadAttention's
+    keywords (:meth:`layer_kwargs`)."""
+
+    attention: str
+    layer: int
+    key_dim: int
+    mode: str
+    mixing_init: str
+    mixing_lr_scale: float
+    content_bias: bool
+    kernel: str
+
+    def layer_kwargs(self) -> Dict[str, object]:
+        kwargs = dict(self.__dict__)
+        del kwargs["attention"], kwargs["layer"]
+        return kwargs
+
+
+def collab_layers(cfg) -> Dict[Tuple[str, int], CollabLayerOptions]:
+    """{(attention kind, 0-based layer): its options} for every attention that ``cfg.collab_*`` makes
+    collaborative or concatenated; the attentions not in it stay fairseq's. Parsed once per distinct set of
+    options; ValueError naming the fix for options that cannot describe a model."""
+    shapes = tuple(
+        (kind, _stack_value(cfg, stack, "layers"), _stack_value(cfg, stack, "embed_dim"))
+        for kind, (stack, _) in ATTENTIONS.items()
+    )
+    return _collab_layers(tuple(str(getattr(cfg, name, default)) for name, default in COLLAB_OPTIONS.items()), shapes)
+
+
+@functools.lru_cache(maxsize=16)
+def _collab_layers(values: Tuple[str, ...], shapes) -> Dict[Tuple[str, int], CollabLayerOptions]:
+    opts = dict(zip(COLLAB_OPTIONS, values))
+    attentions = parse_attentions(opts["collab_attentions"])
+    overrides = parse_layer_key_dims(opts["collab_layer_key_dims"])
+    layer_counts = {kind: layers for kind, layers, _ in shapes}
+    for kind, layer in overrides:
+        if kind not in attentions:
+            raise ValueError(f"--collab-layer-key-dims sets {kind}:{layer} but {kind} is not in --collab-attentions")
+        if layer >= layer_counts[kind]:
+            raise ValueError(
+                f"--collab-layer-key-dims: {kind}:{layer} does not exist ({layer_counts[kind]} layers, 0-based)"
+            )
+    try:
+        scale = float(opts["collab_mixing_lr_scale"])
+    except ValueError:
+        raise ValueError(f"--collab-mixing-lr-scale: not a number: {opts['collab_mixing_lr_scale']!r}") from None
+    default_key_dim = None if opts["collab_key_dim"] in ("", "None") else int(opts["collab_key_dim"])
+    plan = {}
+    for kind, layers, embed_dim in shapes:
+        if kind not in attentions:
+            continue
         for layer in range(layers):
-            key_dim = layer_key_dim(args, name, layer, embed_dim)
-            try:
-                check_key_dim(
-                    key_dim, num_heads, str(args.collab_mode), str(args.collab_mixing_init), args.collab_mixing_lr_scale
-                )
-            except ValueError as err:
-                raise ValueError(f"{name} attention (layer {layer}): {err}") from None
+            key_dim = overrides.get((kind, layer), default_key_dim if default_key_dim is not None else embed_dim)
+            plan[(kind, layer)] = CollabLayerOptions(
+                attention=kind,
+                layer=layer,
+                key_dim=key_dim,
+                mode=opts["collab_mode"],
+                mixing_init=opts["collab_mixing_init"],
+                mixing_lr_scale=scale,
+                content_bias=opts["collab_no_content_bias"] != "True",
+                kernel=opts["collab_attention_kernel"],
+            )
+    return plan

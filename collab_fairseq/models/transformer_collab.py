@@ -3,33 +3,36 @@
 Cordonnier, Loukas & Jaggi 2020, "Multi-Head Attention: Collaborate Instead of
 Concatenate". The model is fairseq's (legacy, argparse-configured) transformer;
 only the attention layers change, through the encoder/decoder layer build hooks.
-The architectures mirror fairseq's and only add the ``collab_*`` defaults.
+Every architecture of fairseq's ``transformer`` model has a ``transformer_collab`` twin
+(``transformer_wmt_en_de`` -> ``transformer_collab_wmt_en_de``) that only adds the ``collab_*`` defaults.
 """
 
 import logging
+from typing import Dict
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.distributed import fsdp_wrap
-from fairseq.models import register_model, register_model_architecture
-from fairseq.models.transformer import (
-    TransformerDecoderBase,
-    TransformerEncoderBase,
-    TransformerModel,
-    base_architecture,
-    transformer_iwslt_de_en,
-    transformer_vaswani_wmt_en_de_big,
-    transformer_wmt_en_de,
-    transformer_wmt_en_de_big,
-)
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY, register_model, register_model_architecture
+from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase, TransformerModel
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from omegaconf import OmegaConf
 
-from collab_fairseq.models.collab_config import CollabAttentionConfig, set_collab_defaults, validate_collab_args
-from collab_fairseq.modules import CollabTransformerDecoderLayer, CollabTransformerEncoderLayer
-from collab_fairseq.modules.collaborative_attention import CollaborativeMultiheadAttention
+from collab_fairseq.models.collab_config import CollabAttentionConfig, collab_layers, set_collab_defaults
+from collab_fairseq.modules import (
+    CollaborativeMultiheadAttention,
+    TransformerCollabDecoderLayer,
+    TransformerCollabEncoderLayer,
+)
 from collab_fairseq.needs_user_dir import TransformerCollabArgs, mark_collab_args
 
 logger = logging.getLogger(__name__)
+
+# fairseq transformer architecture -> its transformer_collab twin, from fairseq's own registry
+COLLAB_ARCHS: Dict[str, str] = {
+    arch: "transformer_collab" + arch[len("transformer") :]
+    for arch, model in sorted(ARCH_MODEL_NAME_REGISTRY.items())
+    if model == "transformer" and arch.startswith("transformer")
+}
 
 
 def _wrap_layer(layer, cfg):
@@ -39,23 +42,31 @@ def _wrap_layer(layer, cfg):
     return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0)
 
 
-def _next_layer_index(stack) -> int:
-    """0, 1, 2 ... over the build_*_layer calls of one encoder/decoder (fairseq builds its layers in order)."""
+def _layer_options(stack, kinds) -> dict:
+    """{attention kind: options} of the next layer that ``stack`` builds (fairseq builds its layers in order)."""
     index = getattr(stack, "_layers_built", 0)
     stack._layers_built = index + 1
-    return index
+    return {kind: stack.collab_layers[(kind, index)] for kind in kinds if (kind, index) in stack.collab_layers}
 
 
 class TransformerCollabEncoder(TransformerEncoderBase):
+    def __init__(self, cfg, dictionary, embed_tokens, return_fc=False):
+        self.collab_layers = collab_layers(cfg)  # before fairseq's __init__ builds the layers
+        super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+
     def build_encoder_layer(self, cfg):
-        layer = CollabTransformerEncoderLayer(cfg, return_fc=self.return_fc, layer_index=_next_layer_index(self))
-        return _wrap_layer(layer, cfg)
+        collab = _layer_options(self, ["encoder_self"])
+        return _wrap_layer(TransformerCollabEncoderLayer(cfg, return_fc=self.return_fc, collab=collab), cfg)
 
 
 class TransformerCollabDecoder(TransformerDecoderBase):
+    def __init__(self, cfg, dictionary, embed_tokens, no_encoder_attn=False, output_projection=None):
+        self.collab_layers = collab_layers(cfg)
+        super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn, output_projection)
+
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
-        layer = CollabTransformerDecoderLayer(cfg, no_encoder_attn, layer_index=_next_layer_index(self))
-        return _wrap_layer(layer, cfg)
+        collab = _layer_options(self, ["decoder_self", "encoder_decoder"])
+        return _wrap_layer(TransformerCollabDecoderLayer(cfg, no_encoder_attn, collab=collab), cfg)
 
 
 @register_model("transformer_collab")
@@ -73,16 +84,17 @@ class TransformerCollabModel(TransformerModel):
         if OmegaConf.is_config(args):
             # fairseq-hydra-train hands a DictConfig, whose extra (collab_*) keys TransformerConfig.from_namespace drops
             args = TransformerCollabArgs(**OmegaConf.to_container(args, resolve=True))
-        base_collab_architecture(args)
-        validate_collab_args(args)
+        set_collab_defaults(args)  # checkpoints older than an option lack it
+        collab_layers(args)  # parse and check the collab_* options before anything is built
         mark_collab_args(args)
         model = super().build_model(args, task)
         logger.info(
-            "collaborative attention: mode=%s D_k=%s attentions=%s mixing_init=%s",
+            "collaborative attention: mode=%s D_k=%s attentions=%s mixing_init=%s kernel=%s",
             args.collab_mode,
             args.collab_key_dim if args.collab_key_dim is not None else "embed_dim",
             args.collab_attentions,
             args.collab_mixing_init,
+            args.collab_attention_kernel,
         )
         return model
 
@@ -120,31 +132,13 @@ def check_attention_shapes(model, state_dict):
             )
 
 
-@register_model_architecture("transformer_collab", "transformer_collab")
-def base_collab_architecture(args):
-    set_collab_defaults(args)
-    base_architecture(args)
+def _collab_architecture(fairseq_architecture):
+    def architecture(args):
+        set_collab_defaults(args)
+        fairseq_architecture(args)
+
+    return architecture
 
 
-@register_model_architecture("transformer_collab", "transformer_collab_iwslt_de_en")
-def transformer_collab_iwslt_de_en(args):
-    set_collab_defaults(args)
-    transformer_iwslt_de_en(args)
-
-
-@register_model_architecture("transformer_collab", "transformer_collab_wmt_en_de")
-def transformer_collab_wmt_en_de(args):
-    set_collab_defaults(args)
-    transformer_wmt_en_de(args)
-
-
-@register_model_architecture("transformer_collab", "transformer_collab_vaswani_wmt_en_de_big")
-def transformer_collab_vaswani_wmt_en_de_big(args):
-    set_collab_defaults(args)
-    transformer_vaswani_wmt_en_de_big(args)
-
-
-@register_model_architecture("transformer_collab", "transformer_collab_wmt_en_de_big")
-def transformer_collab_wmt_en_de_big(args):
-    set_collab_defaults(args)
-    transformer_wmt_en_de_big(args)
+for _arch, _collab_arch in COLLAB_ARCHS.items():
+    register_model_architecture("transformer_collab", _collab_arch)(_collab_architecture(ARCH_CONFIG_REGISTRY[_arch]))

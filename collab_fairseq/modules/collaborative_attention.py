@@ -32,71 +32,25 @@ bias (B x H x S), the values (B x H x S x d_v) and the key padding mask (B x S).
 """
 
 import math
-import os
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import MultiheadAttention
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
+from collab_fairseq.modules.attention_kernels import KERNELS, attention_scores, explicit_attention, score_bias
+
 MODES = ("collaborative", "concatenate")
-IMPLEMENTATIONS = ("sdpa", "bmm", "folded")
-# key value of the folded bias column at padding: finite, so no -inf * 0 in the backward through the keys,
-# yet any head dimension up to 520 gives a score <= -2600, whose exp is exactly 0; fits fp16 (max 65504)
-FOLDED_PADDING_KEY = -6.0e4
 MIXING_INITS = ("concatenate", "normal", "xavier")
 
 
-def default_implementation() -> str:
-    """Attention kernel when no weights are returned: 'bmm' (one batched GEMM of all heads' queries against
-    the shared keys, then softmax; the default, fastest in fairseq training, results/performance.md), 'sdpa'
-    (torch's fused attention with the content bias and padding as a float mask) or 'folded' (torch's fused
-    attention with no mask at all: the content bias and padding folded into extra key dimensions, the causal
-    mask as is_causal; not yet measured on a GPU); env COLLAB_FAIRSEQ_ATTENTION."""
-    impl = os.environ.get("COLLAB_FAIRSEQ_ATTENTION", "bmm")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"COLLAB_FAIRSEQ_ATTENTION={impl!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
-    return impl
-
-
-_CAUSAL_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
-
-
-def _is_causal(attn_mask: Tensor) -> bool:
-    """Is attn_mask exactly the square future mask (-inf / True above the diagonal, 0 / False elsewhere)?
-
-    fairseq's decoder passes top-left T x T views of one cached future mask, and a top-left square block of a
-    causal matrix is causal, so the values are checked once per base mask (checking them at every call would
-    make the CPU wait for the GPU) and remembered per (address, shape, strides, version, dtype), holding the
-    mask so that its memory cannot be reused by another tensor meanwhile.
-    """
-    if attn_mask.dim() != 2 or attn_mask.size(0) != attn_mask.size(1):
-        return False
-    base = attn_mask._base
-    top_left_block = (
-        base is not None and base.dim() == 2 and base.size(0) == base.size(1)
-        and attn_mask.storage_offset() == base.storage_offset() and attn_mask.stride() == base.stride()
-    )  # fmt: skip
-    mask = base if top_left_block else attn_mask
-    key = (mask.data_ptr(), tuple(mask.shape), mask.stride(), mask._version, mask.dtype)
-    if key not in _CAUSAL_MASKS:
-        blocked = mask if mask.dtype == torch.bool else torch.isinf(mask) & (mask < 0)
-        above = torch.ones(mask.size(0), mask.size(0), dtype=torch.bool, device=mask.device).triu(1)
-        causal = torch.equal(blocked, above)
-        if causal and mask.dtype != torch.bool:
-            causal = bool((mask.masked_fill(blocked, 0) == 0).all())
-        if len(_CAUSAL_MASKS) >= 16:
-            _CAUSAL_MASKS.clear()
-        _CAUSAL_MASKS[key] = (mask, causal)
-    return _CAUSAL_MASKS[key][1]
-
-
-def check_key_dim(key_dim: int, num_heads: int, mode: str, mixing_init: str, mixing_lr_scale: float = 1.0) -> None:
+def check_layer_options(
+    key_dim: int, num_heads: int, mode: str, mixing_init: str, mixing_lr_scale: float = 1.0, kernel: str = "bmm"
+) -> None:
     """Raise ValueError (naming the fix) if this layer cannot be built."""
     if not mixing_lr_scale >= 0.0:  # also rejects NaN
         raise ValueError(
@@ -107,6 +61,8 @@ def check_key_dim(key_dim: int, num_heads: int, mode: str, mixing_init: str, mix
         raise ValueError(f"unknown collaborative attention mode {mode!r}; choose one of {', '.join(MODES)}")
     if mixing_init not in MIXING_INITS:
         raise ValueError(f"unknown mixing init {mixing_init!r}; choose one of {', '.join(MIXING_INITS)}")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if not isinstance(key_dim, int) or key_dim <= 0:
         raise ValueError(f"key dimension D_k must be a positive integer, got {key_dim!r} (e.g. --collab-key-dim 128)")
     needs_split = mode == "concatenate" or mixing_init == "concatenate"
@@ -153,7 +109,11 @@ class CollaborativeMultiheadAttention(nn.Module):
         mixing_init: "concatenate" | "normal" | "xavier" (collaborative mode only).
         mixing_lr_scale: the mixing matrix learns this many times slower than the other weights under
             Adam-like optimizers (parametrised as M = scale * P, P the stored parameter); 0 freezes it.
+            The state dict stores the scale next to P, so a state loaded into a layer of another scale
+            keeps its M.
         content_bias: keep the per-head key-dependent bias c(y) = y W_C (collaborative mode only).
+        kernel: how attention is computed when no weights are returned, a name of
+            :data:`collab_fairseq.modules.attention_kernels.KERNELS` (the same function either way).
     """
 
     def __init__(
@@ -176,13 +136,14 @@ class CollaborativeMultiheadAttention(nn.Module):
         mixing_init: str = "concatenate",
         mixing_lr_scale: float = 1.0,
         content_bias: bool = True,
+        kernel: str = "bmm",
     ):
         super().__init__()
         if add_bias_kv or add_zero_attn:
             raise ValueError("CollaborativeMultiheadAttention does not support add_bias_kv / add_zero_attn")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        check_key_dim(key_dim, num_heads, mode, mixing_init, mixing_lr_scale)
+        check_layer_options(key_dim, num_heads, mode, mixing_init, mixing_lr_scale, kernel)
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
@@ -196,6 +157,7 @@ class CollaborativeMultiheadAttention(nn.Module):
         self.encoder_decoder_attention = encoder_decoder_attention
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.onnx_trace = False
+        self.kernel = kernel
 
         qk_bias = bias and not self.collaborative
         self.q_proj = quant_noise(nn.Linear(embed_dim, key_dim, bias=qk_bias), q_noise, qn_block_size)
@@ -213,7 +175,6 @@ class CollaborativeMultiheadAttention(nn.Module):
         self.mixing_init = mixing_init
         # one GEMM for all input projections of the same input (quant-noise hooks need the separate ones)
         self.fuse_projections = q_noise == 0
-        self.implementation = default_implementation()
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -229,6 +190,11 @@ class CollaborativeMultiheadAttention(nn.Module):
             if self.content_bias is not None:
                 nn.init.zeros_(self.content_bias.weight)
 
+    # ------------------------------------------------------------------ the mixing matrix and its scale
+    def _storage_scale(self) -> float:
+        """P = M / this (a frozen mixing, scale 0, is stored as M itself)."""
+        return self.mixing_lr_scale if self.mixing_lr_scale > 0 else 1.0
+
     def mixing_matrix(self) -> Tensor:
         """The mixing matrix M (H x D_k) the scores use."""
         if self.mixing_lr_scale in (0.0, 1.0):
@@ -238,8 +204,22 @@ class CollaborativeMultiheadAttention(nn.Module):
     @torch.no_grad()
     def set_mixing_(self, mixing: Tensor) -> None:
         """Make :meth:`mixing_matrix` equal ``mixing`` (H x D_k), whatever the learning-rate scale."""
-        scale = self.mixing_lr_scale if self.mixing_lr_scale > 0 else 1.0
-        self.mixing.copy_(mixing / scale)
+        self.mixing.copy_(mixing / self._storage_scale())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.collaborative:
+            # float64 and made here, not a buffer: fp16 training would round a buffer, and fairseq leaves float64 be
+            destination[prefix + "mixing_storage_scale"] = torch.tensor(self._storage_scale(), dtype=torch.float64)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        stored_scale = state_dict.pop(prefix + "mixing_storage_scale", None)  # absent: stored with this layer's scale
+        if self.collaborative and stored_scale is not None and prefix + "mixing" in state_dict:
+            ratio = float(stored_scale) / self._storage_scale()
+            if ratio != 1.0:
+                stored = state_dict[prefix + "mixing"]
+                state_dict[prefix + "mixing"] = (stored.double() * ratio).to(stored.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
 
     def prepare_for_onnx_export_(self):
         self.onnx_trace = True
@@ -265,7 +245,7 @@ class CollaborativeMultiheadAttention(nn.Module):
         return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
 
     def _project(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor]):
-        """q: T x B x D_k; k: B x S x D_k; key bias: B x H x S (or None); v: B x H x S x d_v (None if no key)."""
+        """q: T x B x D_k; k: B x S x D_k; content bias: B x H x S (or None); v: B x H x S x d_v (None if no key)."""
         kv_proj = self._key_projections()
         if key is None:
             (q,) = self._fused_linear(query, [self.q_proj])
@@ -283,26 +263,25 @@ class CollaborativeMultiheadAttention(nn.Module):
         k = k.transpose(0, 1)
         v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
         # a dense B x H x S copy: the slice of the fused output is strided, and the bias becomes an attention mask
-        key_bias = c[0].permute(1, 2, 0).contiguous() if c else None
-        return q, k, key_bias, v
+        content_bias = c[0].permute(1, 2, 0).contiguous() if c else None
+        return q, k, content_bias, v
 
-    def _head_queries(self, q: Tensor, scale: float = 1.0, dense: bool = True) -> Tensor:
-        """T x B x D_k -> per-head queries B x H x T x d (d = D_k collaborative, D_k/H concatenate), times ``scale``;
-        ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway)."""
+    def _head_queries(self, q: Tensor, dense: bool = True) -> Tensor:
+        """T x B x D_k -> per-head queries times the scaling, B x H x T x d (d = D_k collaborative, D_k/H
+        concatenate); ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway)."""
         tgt_len, bsz, _ = q.shape
         if self.collaborative:
-            # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query, laid out for the GEMM.
-            # With T > 1 the shared query is made contiguous first (B x T x D_k): the product then comes out
-            # B x H x T x D_k in memory; from the strided T x B slice it would come out T-major and the GEMM's
-            # reshape would copy all H heads' queries again. (One decoding step, T = 1, needs no copy.)
-            mixing = self.mixing_matrix() * scale if scale != 1.0 else self.mixing_matrix()
+            # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query (the scaling folded
+            # into M, an H x D_k product), laid out for the GEMM. With T > 1 the shared query is made contiguous
+            # first (B x T x D_k): the product then comes out B x H x T x D_k in memory; from the strided T x B
+            # slice it would come out T-major and the GEMM's reshape would copy all H heads' queries again.
+            # (One decoding step, T = 1, needs no copy.)
+            mixing = self.mixing_matrix() * self.scaling
             shared = q.transpose(0, 1)
             if dense and tgt_len > 1:
                 shared = shared.contiguous()
             return shared.unsqueeze(1) * mixing.to(q.dtype)[None, :, None, :]
-        if scale != 1.0:
-            q = q * scale
-        return q.view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
+        return (q * self.scaling).view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
 
     def _head_keys(self, k: Tensor) -> Tensor:
         """Shared keys B x S x D_k -> B x H' x S x d (H' = 1, a broadcast view, when collaborative)."""
@@ -310,6 +289,10 @@ class CollaborativeMultiheadAttention(nn.Module):
             return k.unsqueeze(1)
         bsz, src_len, _ = k.shape
         return k.view(bsz, src_len, self.num_heads, -1).transpose(1, 2)
+
+    def _dropout_p(self) -> float:
+        apply = self.training or self.dropout_module.apply_during_inference
+        return self.dropout_module.p if apply else 0.0
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -350,118 +333,49 @@ class CollaborativeMultiheadAttention(nn.Module):
 
         if self.self_attention:
             key = value = query
-        q, k, key_bias, v = self._project(query, key, value)
+        q, k, content_bias, v = self._project(query, key, value)
 
         if saved_state is not None:
-            k, key_bias, v, key_padding_mask = self._update_cache(
-                incremental_state, saved_state, k, key_bias, v, key_padding_mask, bsz, static_kv
+            k, content_bias, v, key_padding_mask = self._update_cache(
+                incremental_state, saved_state, k, content_bias, v, key_padding_mask, bsz, static_kv
             )
         assert k is not None and v is not None
         src_len = k.size(1)
         if key_padding_mask is not None and key_padding_mask.dim() == 0:
             key_padding_mask = None
 
-        if not need_weights and not before_softmax and self.implementation == "folded":
-            attn = self._folded_attention(q, k, key_bias, v, key_padding_mask, attn_mask)
-            return self._output(attn, tgt_len, bsz), None
-
-        bias = self._score_bias(key_bias, key_padding_mask, attn_mask, q.dtype)  # broadcastable to B x H x T x S
-
-        if not need_weights and not before_softmax and self.implementation == "sdpa":
-            attn = F.scaled_dot_product_attention(
-                self._head_queries(q),
-                self._head_keys(k).expand(bsz, self.num_heads, src_len, -1),
+        if before_softmax:
+            bias = score_bias(content_bias, key_padding_mask, attn_mask, q.dtype)
+            scores = attention_scores(self._head_queries(q), self._head_keys(k), bias)
+            return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
+        if not need_weights:
+            kernel = KERNELS[self.kernel]
+            dense = self.kernel != "folded"  # folded copies the queries anyway
+            attn = kernel(
+                self._head_queries(q, dense=dense),
+                self._head_keys(k),
                 v,
-                attn_mask=bias,
-                dropout_p=self.dropout_module.p if self.training else 0.0,
-                scale=self.scaling,
+                content_bias,
+                key_padding_mask,
+                attn_mask,
+                self._dropout_p(),
             )
             return self._output(attn, tgt_len, bsz), None
 
-        scores = self._scores(self._head_queries(q, self.scaling), k)  # B x H x T x S
-        if bias is not None:
-            scores = scores + bias
-        if before_softmax:
-            return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
-
-        weights_float = utils.softmax(scores, dim=-1, onnx_trace=self.onnx_trace)
-        probs = self.dropout_module(weights_float.type_as(scores))
-        attn = self._output(torch.matmul(probs, v), tgt_len, bsz)
-        if not need_weights:
-            return attn, None
-
-        weights = weights_float.type_as(scores).transpose(0, 1)  # H x B x T x S
+        attn, probs = explicit_attention(
+            self._head_queries(q),
+            self._head_keys(k),
+            v,
+            content_bias,
+            key_padding_mask,
+            attn_mask,
+            self._dropout_p(),
+            onnx_trace=self.onnx_trace,
+        )
+        weights = probs.type_as(attn).transpose(0, 1)  # H x B x T x S
         if not need_head_weights:
             weights = weights.mean(dim=0)
-        return attn, weights
-
-    def _folded_attention(self, q, k, key_bias, v, key_padding_mask, attn_mask) -> Tensor:
-        """Fused attention with no mask tensor: B x H x T x d_v.
-
-        Every head's query gains a 1 and every key the head's content bias / scaling (a large negative
-        number at padding), zero-padded to a multiple of 8 dimensions, so q'.k' * scaling = q.k * scaling
-        + c_h(y): scaled_dot_product_attention then needs no mask and may pick its flash/efficient kernels.
-        The keys are copied per head here (d + 8 dims each), the price of folding a per-head bias in.
-        """
-        bsz, src_len = k.size(0), k.size(1)
-        queries = self._head_queries(q, dense=False)  # B x H x T x d, copied by the cat below
-        keys = self._head_keys(k).expand(bsz, self.num_heads, src_len, -1)
-        width = 8 - queries.size(-1) % 8 if queries.size(-1) % 8 else 8
-        column = q.new_zeros(bsz, self.num_heads, src_len) if key_bias is None else key_bias.to(q.dtype) / self.scaling
-        if key_padding_mask is not None:
-            column = column.masked_fill(key_padding_mask.to(torch.bool)[:, None, :], FOLDED_PADDING_KEY)
-        extra_q = F.pad(queries.new_ones(queries.shape[:-1] + (1,)), (0, width - 1))
-        extra_k = F.pad(column.unsqueeze(-1), (0, width - 1))
-        mask, causal = None, False
-        if attn_mask is not None:
-            causal = _is_causal(attn_mask)
-            if not causal:
-                mask = self._score_bias(None, None, attn_mask, queries.dtype)
-        return F.scaled_dot_product_attention(
-            torch.cat([queries, extra_q], dim=-1),
-            torch.cat([keys, extra_k.to(keys.dtype)], dim=-1),
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout_module.p if self.training else 0.0,
-            is_causal=causal,
-            scale=self.scaling,
-        )
-
-    def _scores(self, q: Tensor, k: Tensor) -> Tensor:
-        """Unscaled q.k for every head: B x H x T x S.
-
-        Collaborative heads share one key matrix, so all heads' mixed queries go
-        through one batched GEMM against it ((B, H*T, D_k) @ (B, D_k, S)); the
-        keys are never copied per head.
-        """
-        bsz, heads, tgt_len, _ = q.shape
-        if self.collaborative:
-            flat = torch.bmm(q.reshape(bsz, heads * tgt_len, -1), k.transpose(1, 2))
-            return flat.view(bsz, heads, tgt_len, -1)
-        return torch.matmul(q, self._head_keys(k).transpose(-1, -2))
-
-    def _score_bias(
-        self, key_bias: Optional[Tensor], key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype
-    ) -> Optional[Tensor]:
-        """Content bias + padding + attention mask as one additive float tensor (B x H|1 x 1|T x S), or None."""
-        bias = None
-        if key_bias is not None:
-            bias = key_bias.unsqueeze(2).to(dtype)  # B x H x 1 x S
-        if key_padding_mask is not None:
-            pad = key_padding_mask.to(torch.bool)[:, None, None, :]
-            if bias is None:
-                bias = torch.zeros(pad.shape, dtype=dtype, device=pad.device)
-            bias = bias.masked_fill(pad, float("-inf"))
-        if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
-                attn_mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
-                    attn_mask, float("-inf")
-                )
-            attn_mask = attn_mask.to(dtype)
-            bias = attn_mask if bias is None else bias + attn_mask
-        if bias is not None and bias.dim() == 2:
-            bias = bias[None, None]
-        return bias
+        return self._output(attn, tgt_len, bsz), weights
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""
@@ -469,18 +383,18 @@ class CollaborativeMultiheadAttention(nn.Module):
         return self.out_proj(attn)
 
     # ------------------------------------------------------------------ incremental decoding
-    def _update_cache(self, incremental_state, saved_state, k, key_bias, v, key_padding_mask, bsz, static_kv):
+    def _update_cache(self, incremental_state, saved_state, k, content_bias, v, key_padding_mask, bsz, static_kv):
         """Append this step's keys/values to the cache (or reuse static encoder ones) and store it back."""
         if "prev_key" in saved_state:
             prev_k, prev_v = saved_state["prev_key"], saved_state["prev_value"]
-            prev_bias = saved_state.get("prev_key_bias")
+            prev_content_bias = saved_state.get("prev_content_bias")
             if static_kv or k is None:
-                k, v, key_bias = prev_k, prev_v, prev_bias
+                k, v, content_bias = prev_k, prev_v, prev_content_bias
             else:
                 k = torch.cat([prev_k, k], dim=1)
                 v = torch.cat([prev_v, v], dim=2)
-                if key_bias is not None:
-                    key_bias = torch.cat([prev_bias, key_bias], dim=2)
+                if content_bias is not None:
+                    content_bias = torch.cat([prev_content_bias, content_bias], dim=2)
         key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
             key_padding_mask=key_padding_mask,
             prev_key_padding_mask=saved_state.get("prev_key_padding_mask"),
@@ -490,11 +404,11 @@ class CollaborativeMultiheadAttention(nn.Module):
         )
         saved_state["prev_key"] = k
         saved_state["prev_value"] = v
-        if key_bias is not None:
-            saved_state["prev_key_bias"] = key_bias
+        if content_bias is not None:
+            saved_state["prev_content_bias"] = content_bias
         saved_state["prev_key_padding_mask"] = key_padding_mask
         self._set_input_buffer(incremental_state, saved_state)
-        return k, key_bias, v, key_padding_mask
+        return k, content_bias, v, key_padding_mask
 
     @torch.jit.export
     def reorder_incremental_state(
@@ -525,7 +439,7 @@ class CollaborativeMultiheadAttention(nn.Module):
                 f"content_bias={self.content_bias is not None}"
             )
         )
-        return f"mode={self.mode}, key_dim={self.key_dim}, heads={self.num_heads}{extra}"
+        return f"mode={self.mode}, key_dim={self.key_dim}, heads={self.num_heads}, kernel={self.kernel}{extra}"
 
 
 def attention_parameter_count(

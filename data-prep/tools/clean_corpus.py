@@ -30,8 +30,9 @@ def clean(src_path, tgt_path, out_prefix, langs, min_words=1, max_words=250, max
     outs = [f"{out_prefix}.{lang}" for lang in langs]
     tmps = [path + ".tmp" for path in outs]
     read = kept = 0
-    with open(src_path, encoding="utf-8", errors="replace") as fs, open(tgt_path, encoding="utf-8", errors="replace") as ft, \
-            open(tmps[0], "w", encoding="utf-8") as os_, open(tmps[1], "w", encoding="utf-8") as ot:  # fmt: skip
+    with open(src_path, encoding="utf-8", errors="replace") as fs, open(
+        tgt_path, encoding="utf-8", errors="replace"
+    ) as ft, open(tmps[0], "w", encoding="utf-8") as os_, open(tmps[1], "w", encoding="utf-8") as ot:
         for src, tgt in zip(fs, ft):
             read += 1
             src, tgt = normalise(src), normalise(tgt)

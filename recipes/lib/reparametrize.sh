@@ -24,7 +24,7 @@ done
 for d in ${FINETUNE_DIMS:-}; do
   ft="$OUT_DIR/reparam_dk${d}_ft${FINETUNE_UPDATES:?}"
   if [[ ! -s "$ft/bleu.json" ]]; then
-    HEADS=collab KEY_DIM="$d" SAVE_DIR="$ft" MAX_UPDATE="$FINETUNE_UPDATES" LR="${FINETUNE_LR:?}" WARMUP="${FINETUNE_WARMUP:?}" \
+    WARM_START= HEADS=collab KEY_DIM="$d" SAVE_DIR="$ft" MAX_UPDATE="$FINETUNE_UPDATES" LR="${FINETUNE_LR:?}" WARMUP="${FINETUNE_WARMUP:?}" \
       EXTRA="${EXTRA:-} --finetune-from-model $OUT_DIR/reparam_dk$d/checkpoint_best.pt" "$RECIPE_DIR/train.sh" >/dev/null
     META="{\"run\": \"reparam_dk${d}_ft\", \"heads\": \"collab\", \"key_dim\": $d, \"seed\": 1, \"tag\": \"_reparam_ft$FINETUNE_UPDATES\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": $FINETUNE_UPDATES}" \
       SAVE_DIR="$ft" "$RECIPE_DIR/evaluate.sh" >/dev/null

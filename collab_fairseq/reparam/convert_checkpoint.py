@@ -16,17 +16,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from collab_fairseq.models.collab_config import ATTENTIONS, parse_attentions
+from collab_fairseq.models.collab_config import ATTENTIONS, attention_heads, format_layer_key_dims, parse_attentions
+from collab_fairseq.models.transformer_collab import COLLAB_ARCHS
+from collab_fairseq.modules import CollaborativeMultiheadAttention
 from collab_fairseq.needs_user_dir import TransformerCollabArgs
 from collab_fairseq.reparam.cp import AttentionWeights, CollaborativeWeights, reparametrize_attention
 
-FAIRSEQ_ARCHS = {
-    "transformer": "transformer_collab",
-    "transformer_iwslt_de_en": "transformer_collab_iwslt_de_en",
-    "transformer_wmt_en_de": "transformer_collab_wmt_en_de",
-    "transformer_vaswani_wmt_en_de_big": "transformer_collab_vaswani_wmt_en_de_big",
-    "transformer_wmt_en_de_big": "transformer_collab_wmt_en_de_big",
-}
 _LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.q_proj\.weight$")
 
 
@@ -76,20 +71,11 @@ def attention_layers(state_dict: Dict[str, torch.Tensor]) -> Dict[str, str]:
     return dict(sorted(found.items(), key=lambda kv: (kv[0].startswith("decoder"), int(kv[0].split(".")[2]), kv[0])))
 
 
-def attention_heads(args: argparse.Namespace) -> Dict[str, int]:
-    """Heads of each attention kind of the model the arguments describe."""
-    return {
-        "encoder_self": args.encoder_attention_heads,
-        "decoder_self": args.decoder_attention_heads,
-        "encoder_decoder": args.decoder_attention_heads,
-    }
-
-
 def target_arch(args: argparse.Namespace) -> str:
     arch = getattr(args, "arch", None) or getattr(args, "_name", None)
-    if arch in FAIRSEQ_ARCHS:
-        return FAIRSEQ_ARCHS[arch]
-    if arch in FAIRSEQ_ARCHS.values():
+    if arch in COLLAB_ARCHS:
+        return COLLAB_ARCHS[arch]
+    if arch in COLLAB_ARCHS.values():
         if str(getattr(args, "collab_mode", "")) != "concatenate":
             raise CheckpointError(
                 f"the checkpoint is already a collaborative {arch} model: convert the transformer it came from, "
@@ -97,7 +83,7 @@ def target_arch(args: argparse.Namespace) -> str:
             )
         return arch
     raise CheckpointError(
-        f"unsupported architecture {arch!r}: collab-reparametrize converts {', '.join(FAIRSEQ_ARCHS)} "
+        f"unsupported architecture {arch!r}: collab-reparametrize converts {', '.join(COLLAB_ARCHS)} "
         "and transformer_collab* models trained with --collab-mode concatenate"
     )
 
@@ -167,15 +153,20 @@ def reparametrize_checkpoint(
                 collab = smallest_key_dim(weights, max_error, n_iter)
         except ValueError as err:
             raise CheckpointError(f"{prefix}: {err}") from None
-        _write_layer(new, prefix, collab, old[f"{prefix}.q_proj.weight"].dtype, mixing_lr_scale)
+        _write_layer(new, prefix, collab, heads[kind], mixing_lr_scale)
         report.append(
-            {"layer": prefix, "attention": kind, "key_dim": collab.q_weight.size(0),
-             "relative_error": collab.relative_error, "seconds": collab.seconds}
-        )  # fmt: skip
+            {
+                "layer": prefix,
+                "attention": kind,
+                "key_dim": collab.q_weight.size(0),
+                "relative_error": collab.relative_error,
+                "seconds": collab.seconds,
+            }
+        )
 
     chosen = {(r["attention"], int(r["layer"].split(".")[2])): r["key_dim"] for r in report}
     default_dim = key_dim if key_dim is not None else Counter(chosen.values()).most_common(1)[0][0]
-    per_layer = ",".join(f"{a}:{i}={d}" for (a, i), d in sorted(chosen.items()) if d != default_dim)
+    per_layer = format_layer_key_dims({where: d for where, d in chosen.items() if d != default_dim})
 
     new_args = TransformerCollabArgs(**copy.deepcopy(vars(args)))
     new_args.arch = new_args._name = arch
@@ -204,14 +195,31 @@ def _maybe(t, device):
     return None if t is None else t.to(device, torch.float32)
 
 
-def _write_layer(sd: dict, prefix: str, w: CollaborativeWeights, dtype, mixing_lr_scale: float):
-    for name in ("q_proj.bias", "k_proj.bias"):
-        sd.pop(f"{prefix}.{name}", None)
-    scale = mixing_lr_scale if mixing_lr_scale > 0 else 1.0
-    sd[f"{prefix}.q_proj.weight"] = w.q_weight.to("cpu", dtype)
-    sd[f"{prefix}.k_proj.weight"] = w.k_weight.to("cpu", dtype)
-    sd[f"{prefix}.mixing"] = (w.mixing / scale).to("cpu", dtype)
-    sd[f"{prefix}.content_bias.weight"] = w.content_bias.to("cpu", dtype)
+def _write_layer(sd: dict, prefix: str, w: CollaborativeWeights, num_heads: int, mixing_lr_scale: float):
+    """Replace the attention layer at ``prefix`` of state dict ``sd`` by a collaborative layer with the key/query
+    weights ``w``, written through the layer itself; its other weights (values, output) are the source's."""
+    old = {k[len(prefix) + 1 :]: v for k, v in sd.items() if k.startswith(prefix + ".")}
+    dtype = old["q_proj.weight"].dtype
+    layer = CollaborativeMultiheadAttention(
+        w.q_weight.size(1),
+        num_heads,
+        kdim=w.k_weight.size(1),
+        vdim=old["v_proj.weight"].size(1),
+        key_dim=w.q_weight.size(0),
+        mixing_init="normal",  # set below
+        mixing_lr_scale=mixing_lr_scale,
+    )
+    same_shape = {k: v for k, v in layer.state_dict().items() if k in old and old[k].shape == v.shape}
+    layer.load_state_dict({k: old[k] for k in same_shape}, strict=False)
+    with torch.no_grad():
+        layer.q_proj.weight.copy_(w.q_weight)
+        layer.k_proj.weight.copy_(w.k_weight)
+        layer.content_bias.weight.copy_(w.content_bias)
+    layer.set_mixing_(w.mixing.cpu())
+    for key in old:
+        del sd[f"{prefix}.{key}"]
+    for key, value in layer.state_dict().items():
+        sd[f"{prefix}.{key}"] = value.to(dtype) if value.dtype == torch.float32 else value
 
 
 def save_atomically(state: dict, path: str, force: bool = False) -> None:

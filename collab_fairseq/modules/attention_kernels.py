@@ -1,0 +1,170 @@
+"""Attention kernels of :class:`CollaborativeMultiheadAttention`: the heads are already split, nothing is read
+from the layer.
+
+Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks) @ v_h, from
+
+    queries           B x H x T x d     per-head queries, already scaled (collaborative: the shared query
+                                        times s * m_h, d = D_k)
+    keys              B x Hk x S x d    Hk = 1: one key matrix for all heads (collaborative), else Hk = H
+    values            B x H x S x d_v
+    content_bias      B x H x S         added to every score of key y in head h, or None
+    key_padding_mask  B x S             bool, True at padding, or None
+    attn_mask         T x S             additive float (-inf = masked) or bool (True = masked), or None
+    dropout_p         float             attention dropout (0 outside training)
+
+and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
+all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from torch import Tensor
+
+# key value of the folded bias column at padding: finite, so no -inf * 0 in the backward through the keys,
+# yet the padded keys' scores are ~-6e4, whose exp is exactly 0; fits fp16 (max 65504)
+FOLDED_PADDING_KEY = -6.0e4
+
+
+def attention_scores(queries: Tensor, keys: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """q . k (+ bias): B x H x T x S.
+
+    Shared keys (Hk = 1) take all heads' queries in one batched GEMM ((B, H*T, d) @ (B, d, S)): the keys are
+    never copied per head.
+    """
+    bsz, heads, tgt_len, _ = queries.shape
+    if keys.size(1) == 1:
+        flat = torch.bmm(queries.reshape(bsz, heads * tgt_len, -1), keys.squeeze(1).transpose(1, 2))
+        scores = flat.view(bsz, heads, tgt_len, -1)
+    else:
+        scores = torch.matmul(queries, keys.transpose(-1, -2))
+    return scores if bias is None else scores + bias
+
+
+def score_bias(
+    content_bias: Optional[Tensor], key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype
+) -> Optional[Tensor]:
+    """Content bias + padding + attention mask as one additive float tensor (B|1 x H|1 x T|1 x S), or None."""
+    bias = None
+    if content_bias is not None:
+        bias = content_bias.unsqueeze(2).to(dtype)  # B x H x 1 x S
+    if key_padding_mask is not None:
+        pad = key_padding_mask.to(torch.bool)[:, None, None, :]
+        if bias is None:
+            bias = torch.zeros(pad.shape, dtype=dtype, device=pad.device)
+        bias = bias.masked_fill(pad, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
+                attn_mask, float("-inf")
+            )
+        attn_mask = attn_mask.to(dtype)
+        bias = attn_mask if bias is None else bias + attn_mask
+    if bias is not None and bias.dim() == 2:
+        bias = bias[None, None]
+    return bias
+
+
+def explicit_attention(
+    queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, onnx_trace=False
+) -> Tuple[Tensor, Tensor]:
+    """The ``bmm`` kernel, also returning the attention probabilities (float32 softmax): (B x H x T x d_v,
+    B x H x T x S)."""
+    scores = attention_scores(queries, keys, score_bias(content_bias, key_padding_mask, attn_mask, queries.dtype))
+    probs_float = utils.softmax(scores, dim=-1, onnx_trace=onnx_trace)
+    probs = probs_float.type_as(scores)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, values), probs_float
+
+
+def bmm_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+    return explicit_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p)[0]
+
+
+def sdpa_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+    """torch's fused attention with the content bias, padding and attention mask as one float mask."""
+    bsz, heads, _, _ = queries.shape
+    return F.scaled_dot_product_attention(
+        queries,
+        keys.expand(bsz, heads, -1, -1),
+        values,
+        attn_mask=score_bias(content_bias, key_padding_mask, attn_mask, queries.dtype),
+        dropout_p=dropout_p,
+        scale=1.0,
+    )
+
+
+def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+    """torch's fused attention with no mask tensor.
+
+    Every head's query gains a 1 and every key the head's content bias (a large negative number at padding),
+    zero-padded to a multiple of 8 dimensions, so q'.k' = q.k + c_h(y):
+    scaled_dot_product_attention then needs no mask and may pick its flash/efficient kernels. The future mask
+    becomes ``is_causal``; any other attention mask stays a mask. The keys are copied per head here (d + 8
+    dims each), the price of folding a per-head bias in.
+    """
+    bsz, heads, _, _ = queries.shape
+    src_len = keys.size(2)
+    width = 8 - queries.size(-1) % 8 if queries.size(-1) % 8 else 8
+    if content_bias is None:
+        column = queries.new_zeros(bsz, heads, src_len)
+    else:
+        column = content_bias.to(queries.dtype)
+    if key_padding_mask is not None:
+        column = column.masked_fill(key_padding_mask.to(torch.bool)[:, None, :], FOLDED_PADDING_KEY)
+    extra_q = F.pad(queries.new_ones(queries.shape[:-1] + (1,)), (0, width - 1))
+    extra_k = F.pad(column.unsqueeze(-1), (0, width - 1))
+    mask, causal = None, False
+    if attn_mask is not None:
+        causal = is_future_mask(attn_mask)
+        if not causal:
+            mask = score_bias(None, None, attn_mask, queries.dtype)
+    return F.scaled_dot_product_attention(
+        torch.cat([queries, extra_q], dim=-1),
+        torch.cat([keys.expand(bsz, heads, -1, -1), extra_k.to(keys.dtype)], dim=-1),
+        values,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=causal,
+        scale=1.0,
+    )
+
+
+KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
+
+_FUTURE_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
+
+
+def is_future_mask(attn_mask: Tensor) -> bool:
+    """Is attn_mask exactly the square future mask (-inf / True above the diagonal, 0 / False elsewhere)?
+
+    fairseq's decoder passes top-left T x T views of one cached future mask, and a top-left square block of a
+    causal matrix is causal, so the values are checked once per base mask (checking them at every call would
+    make the CPU wait for the GPU) and remembered per (address, shape, strides, version, dtype), holding the
+    mask so that its memory cannot be reused by another tensor meanwhile.
+    """
+    if attn_mask.dim() != 2 or attn_mask.size(0) != attn_mask.size(1):
+        return False
+    base = attn_mask._base
+    top_left_block = (
+        base is not None
+        and base.dim() == 2
+        and base.size(0) == base.size(1)
+        and attn_mask.storage_offset() == base.storage_offset()
+        and attn_mask.stride() == base.stride()
+    )
+    mask = base if top_left_block else attn_mask
+    key = (mask.data_ptr(), tuple(mask.shape), mask.stride(), mask._version, mask.dtype)
+    if key not in _FUTURE_MASKS:
+        blocked = mask if mask.dtype == torch.bool else torch.isinf(mask) & (mask < 0)
+        above = torch.ones(mask.size(0), mask.size(0), dtype=torch.bool, device=mask.device).triu(1)
+        causal = torch.equal(blocked, above)
+        if causal and mask.dtype != torch.bool:
+            causal = bool((mask.masked_fill(blocked, 0) == 0).all())
+        if len(_FUTURE_MASKS) >= 16:
+            _FUTURE_MASKS.clear()
+        _FUTURE_MASKS[key] = (mask, causal)
+    return _FUTURE_MASKS[key][1]
