@@ -10,6 +10,7 @@ import sacrebleu
 import torch
 
 from collab_fairseq.cli import average_checkpoints, make_table
+from collab_fairseq.provenance import code_hash
 from tests.helpers import REPO
 
 
@@ -57,10 +58,12 @@ def test_average_checkpoints_is_the_mean_of_the_weights(collab_run, tmp_path):
         average_checkpoints.last_checkpoints(str(collab_run), 50)
 
 
-def _fixture_run(root, name, heads, key_dim, seed, bleu, valid_losses, params):
+def _fixture_run(root, name, heads, key_dim, seed, bleu, valid_losses, params, code=None):
     run = root / name
     run.mkdir()
     meta = {
+        "code": code or code_hash(),
+        "commit": "abc123",
         "run": name,
         "heads": heads,
         "key_dim": key_dim,
@@ -92,6 +95,38 @@ def test_make_table_groups_seeds_and_counts_attention_parameters(tmp_path):
     assert lines[3] == (
         "| collab | 128 | - | 2 | 32.00 (30.00-34.00) | 4.350 (4.300-4.400) | 11,860,992 | 28,589,056 | 2000 | 1800 |"
     )
+    rows = json.load(open(tmp_path / "table.json"))
+    assert {(r["run"], r["commit"], r["code"], r["updates"], r["warm_start"]) for r in rows} == {
+        (name, "abc123", code_hash(), 1800, None)
+        for name in ("transformer_dk512_s1", "collab_dk128_s1", "collab_dk128_s2")
+    }
+
+
+def test_make_table_refuses_rows_of_other_code_and_names_the_stale_ones(tmp_path, capsys):
+    _fixture_run(tmp_path, "transformer_dk512_s1", "transformer", 512, 1, 36.0, [4.1], 35_639_296)
+    _fixture_run(tmp_path, "collab_dk128_s1", "collab", 128, 1, 30.0, [4.3], 28_589_056, code="0123456789abcdef")
+    out = tmp_path / "table.md"
+    with pytest.raises(SystemExit):
+        make_table.main([str(tmp_path), "--out", str(out)])
+    said = capsys.readouterr().err
+    assert "trained by 2 versions of collab_fairseq/" in said and "code 0123456789abcdef: collab_dk128_s1" in said
+    assert "--allow-mixed-code" in said and not out.exists()
+    make_table.main([str(tmp_path), "--out", str(out), "--allow-mixed-code"])
+    assert (
+        "stale (trained by other collab_fairseq/ code than this checkout's): collab_dk128_s1" in capsys.readouterr().err
+    )
+    lines = out.read_text().splitlines()
+    assert lines[0].endswith("| code |") and lines[3].endswith("| 0123456789abcdef |")
+    assert lines[2].endswith(f"| {code_hash()} |")
+
+
+def test_evaluate_records_the_code_that_trained_the_checkpoint(tmp_path):
+    from collab_fairseq.cli.evaluate import trained_by
+
+    (tmp_path / "code.json").write_text(json.dumps({"commit": "abc", "dirty": False, "code": "feed"}))
+    assert trained_by(str(tmp_path / "checkpoint_best.pt")) == {"commit": "abc", "dirty": False, "code": "feed"}
+    elsewhere = trained_by(str(tmp_path / "other" / "checkpoint_best.pt"))
+    assert elsewhere["code"] == code_hash() and elsewhere["code_read_at"] == "evaluation"
 
 
 def test_sharded_evaluation_equals_one_shard(copy_data, collab_run, tmp_path):

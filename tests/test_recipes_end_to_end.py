@@ -11,6 +11,7 @@ import pytest
 
 from collab_fairseq.cli.warm_start_schedule import collaborative_phase
 from collab_fairseq.cli.warm_start_schedule import main as schedule_main
+from collab_fairseq.provenance import code_hash
 from tests.helpers import REPO
 from tests.test_data_prep import wmt_raw  # noqa: F401  (fixture)
 
@@ -129,7 +130,9 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     assert "finetune_from_model='" in log and "collab_key_dim=16" in log and "patience=50" in log
     assert "warmup_updates=2" in log and "warmup_init_lr=0.0006" in log  # lr(3) of the single 5-update warm-up
     assert "num_updates 3" in log  # 3 + 3 = MAX_UPDATE
-    assert json.load(open(run / "bleu.json"))["tag"] == "_ws3"
+    result = json.load(open(run / "bleu.json"))
+    assert result["tag"] == "_ws3" and result["warm_start"] == 3
+    assert result["code"] == code_hash() == json.load(open(run / "code.json"))["code"]  # who trained it
     assert (
         len(json.load(open(run / "warm_start" / "reparametrize.json"))["layers"]) == 3
     )  # 1 encoder self, 1 decoder self, 1 cross

@@ -130,6 +130,18 @@ def write_atomic(path, text):
     os.replace(tmp.name, path)
 
 
+def trained_by(checkpoint: str) -> dict:
+    """The code that trained ``checkpoint``: the code.json the recipe wrote beside it at the start of training
+    (commit, dirty, code), else this checkout's, marked as read at evaluation time."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "code.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    from collab_fairseq.provenance import code_provenance
+
+    return {**code_provenance(), "code_read_at": "evaluation"}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="fairseq binarized data directory")
@@ -171,6 +183,7 @@ def main(argv=None):
     )
     result = {
         **json.loads(args.meta),
+        **trained_by(args.checkpoint),
         "checkpoint": args.checkpoint,
         "subset": args.subset,
         "beam": args.beam,

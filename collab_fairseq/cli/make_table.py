@@ -3,7 +3,10 @@
     python -m collab_fairseq.cli.make_table RUNS_DIR --out results/multi30k_en_de.md --plot results/multi30k_en_de.png
 
 Each run directory holds ``bleu.json`` (collab_fairseq.cli.evaluate) and ``train.log`` (fairseq-train).
-Runs are grouped by (heads, D_k, tag); seeds are summarised as mean (min-max).
+Runs are grouped by (heads, D_k, tag); seeds are summarised as mean (min-max). Every row carries the code that
+trained it (``code``: a hash of collab_fairseq/, ``commit``; see collab_fairseq/provenance.py), its updates and
+its warm start. Rows of different collab_fairseq/ code are refused in one table unless --allow-mixed-code, and
+rows whose code is not this checkout's are listed as stale.
 """
 
 import argparse
@@ -12,8 +15,11 @@ import json
 import os
 import re
 import statistics
+import sys
 import tempfile
 from collections import defaultdict
+
+from collab_fairseq.provenance import code_hash
 
 PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
 TRAIN_END = re.compile(r"\| train \| epoch \d+ \|.*?\| wps ([\d.]+) .*?\| num_updates (\d+)")
@@ -69,8 +75,33 @@ def collect(runs_dir, layout=None):
             result["attention_params"] = attention_params(ckpt)
         else:
             result["attention_params"] = closed_form_attention_params(result, layout) if layout else None
+        result.setdefault("code", None)
+        result.setdefault("commit", None)
+        if "warm_start" not in result:  # bleu.json written before the sweep recorded it: the run name's tag
+            m = re.search(r"_ws(\d+)", result.get("tag") or "")
+            result["warm_start"] = int(m.group(1)) if m else None
         rows.append(result)
     return rows
+
+
+class MixedCodeError(ValueError):
+    """Rows trained by different collab_fairseq/ code."""
+
+
+def check_code(rows, allow_mixed: bool = False, current: str = None):
+    """Refuse rows of different collab_fairseq/ code (unless ``allow_mixed``); return the runs whose code is not
+    ``current`` (this checkout's), i.e. stale: re-running their command now may give another number."""
+    current = current or code_hash()
+    by_code = defaultdict(list)
+    for r in rows:
+        by_code[r.get("code")].append(r.get("run", "?"))
+    if len(by_code) > 1 and not allow_mixed:
+        listing = "; ".join(f"code {c or 'unknown'}: {', '.join(sorted(runs))}" for c, runs in by_code.items())
+        raise MixedCodeError(
+            f"the runs were trained by {len(by_code)} versions of collab_fairseq/ ({listing}): re-run the stale "
+            "ones, or pass --allow-mixed-code to tabulate them together (the table then has a code column)"
+        )
+    return sorted(r.get("run", "?") for r in rows if r.get("code") != current)
 
 
 def _fmt(values, digits=1):
@@ -87,15 +118,15 @@ def _int(value):
     return f"{value:,}" if value is not None else "-"
 
 
-def table(rows):
+def table(rows, code_column: bool = False):
     groups = defaultdict(list)
     for r in rows:
         groups[(r.get("heads", "?"), r.get("key_dim", 0), r.get("tag", ""))].append(r)
     order = {"transformer": 0, "concat": 1, "collab": 2}
     lines = [
         "| heads | D_k | tag | seeds | test BLEU mean (range) | best valid loss | attention params | total params "
-        "| train words/s | updates |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| train words/s | updates |" + (" code |" if code_column else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if code_column else ""),
     ]
     for (heads, key_dim, tag), rs in sorted(
         groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2])
@@ -113,6 +144,8 @@ def table(rows):
             _fmt([r["wps"] for r in rs], 0),
             first["updates"] or "-",
         ]
+        if code_column:
+            cells.append(", ".join(sorted({str(r.get("code")) for r in rs})))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -164,12 +197,23 @@ def main(argv=None):
         help="E,H,LAYERS: count attention parameters in closed form when checkpoints are gone "
         "(transformer_iwslt_de_en: 512,4,18)",
     )
+    parser.add_argument(
+        "--allow-mixed-code", action="store_true", help="tabulate runs trained by different collab_fairseq/ code"
+    )
     args = parser.parse_args(argv)
     layout = tuple(int(x) for x in args.attention_layout.split(",")) if args.attention_layout else None
     rows = collect(args.runs_dir, layout)
     if not rows:
         parser.error(f"no */bleu.json under {args.runs_dir}: run the sweep first")
-    text = table(rows)
+    try:
+        stale = check_code(rows, args.allow_mixed_code)
+    except MixedCodeError as err:
+        parser.error(str(err))
+    if stale:
+        print(
+            f"stale (trained by other collab_fairseq/ code than this checkout's): {', '.join(stale)}", file=sys.stderr
+        )
+    text = table(rows, code_column=args.allow_mixed_code)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -4,9 +4,13 @@
     python data-prep/tools/sentencepiece_tool.py encode --model spm.model < raw > pieces
 
 Outputs are written to a temporary file and renamed, so an interrupted step leaves nothing a rerun would trust.
+The segmentation depends on sentencepiece's version (0.2.2 and 0.2.3 train different unigram vocabularies from
+the same text), so training refuses any version but the pinned one (SPM_ANY_VERSION=1 accepts it) and writes
+the version and settings next to the model (MODEL_PREFIX.json).
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -17,8 +21,22 @@ import sentencepiece as spm
 logger = logging.getLogger(__name__)
 
 
+PINNED_VERSION = "0.2.2"  # as pyproject.toml
+
+
+def check_version(version: str = spm.__version__) -> None:
+    if version != PINNED_VERSION and os.environ.get("SPM_ANY_VERSION") != "1":
+        raise RuntimeError(
+            f"sentencepiece {version} is installed, but the data are prepared with {PINNED_VERSION}: other versions "
+            f"train another vocabulary from the same text (pip install sentencepiece=={PINNED_VERSION}, or set "
+            "SPM_ANY_VERSION=1 to prepare data that other runs of this project cannot be compared with)"
+        )
+
+
 def train(inputs, model_prefix, vocab_size, model_type="unigram", sample_size=2_000_000, seed=1):
-    """Train on ``inputs`` (sampling ``sample_size`` sentences); writes model_prefix.model/.vocab atomically."""
+    """Train on ``inputs`` (sampling ``sample_size`` sentences); writes model_prefix.model/.vocab atomically, and
+    model_prefix.json (sentencepiece version and settings)."""
+    check_version()
     for path in inputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"sentencepiece training input {path} does not exist")
@@ -37,7 +55,17 @@ def train(inputs, model_prefix, vocab_size, model_type="unigram", sample_size=2_
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
-        for ext in (".vocab", ".model"):  # .model last: its presence marks the step done
+        settings = dict(
+            sentencepiece=spm.__version__,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            sample_size=sample_size,
+            seed=seed,
+            inputs=[os.path.basename(p) for p in inputs],
+        )
+        with open(tmp_prefix + ".json", "w") as f:
+            json.dump(settings, f, indent=1)
+        for ext in (".json", ".vocab", ".model"):  # .model last: its presence marks the step done
             os.replace(tmp_prefix + ext, model_prefix + ext)
 
 

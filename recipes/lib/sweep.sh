@@ -28,7 +28,7 @@ run_one() {  # HEADS:KEY_DIM:SEED
   if ! WARM_START="$warm" HEADS="$heads" KEY_DIM="$kd" SEED="$seed" SAVE_DIR="$dir" "$RECIPE_DIR/train.sh" >/dev/null; then
     echo "[sweep] $name: training failed (see $dir/train.log); re-run the sweep to resume it" >&2; return 1
   fi
-  META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$tag\"}" \
+  META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$tag\", \"warm_start\": ${warm:-null}}" \
     SAVE_DIR="$dir" "$RECIPE_DIR/evaluate.sh" >/dev/null || { echo "[sweep] $name: evaluation failed" >&2; return 1; }
   echo "[sweep] $name: $(python3 -c "import json; print(json.load(open('$dir/bleu.json'))['sacrebleu'])") BLEU" >&2
 }

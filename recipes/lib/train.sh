@@ -66,6 +66,7 @@ fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [m
     --log-format simple --log-interval 100 --no-progress-bar --tensorboard-logdir "$dir/tb" "$@")
   if [[ "$DRY_RUN" == 1 ]]; then echo "${cmd[*]}"; return 0; fi
   mkdir -p "$dir"
+  python3 "$REPO/collab_fairseq/provenance.py" >"$dir/code.json"  # which code trains it (evaluate copies it)
   local status=0
   "${cmd[@]}" 2>&1 | tee -a "$dir/train.log" || status=${PIPESTATUS[0]}
   if (( status != 0 )); then
