@@ -114,7 +114,7 @@ sentencepiece_splits() {
   read -r -a splits <<<"$5"; read -r -a langs <<<"$6"
   for lang in "${langs[@]}"; do inputs+=("$text/${splits[0]}.$lang"); done
   step "joint sentencepiece model (vocab $vocab, sample $sample sentences)"
-  [[ -s "$spm_dir/spm.model" ]] || python3 "$TOOLS/sentencepiece_tool.py" train --input "${inputs[@]}" \
+  python3 "$TOOLS/sentencepiece_tool.py" train --input "${inputs[@]}" \
     --model-prefix "$spm_dir/spm" --vocab-size "$vocab" --sample-size "$sample"
   step "encode ${splits[*]}"
   for split in "${splits[@]}"; do

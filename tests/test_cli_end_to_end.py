@@ -54,12 +54,7 @@ def test_the_kernel_is_a_model_option_saved_and_overridable(copy_data, collab_ru
     log = _train(
         bin_dir,
         tmp_path,
-        "--arch",
-        "transformer_collab",
-        "--collab-key-dim",
-        "16",
-        "--max-update",
-        "2",
+        *"--arch transformer_collab --collab-key-dim 16 --max-update 2".split(),
         "--collab-attention-kernel",
         kernel,
     )
@@ -85,12 +80,7 @@ def test_concatenate_baseline_trains_and_generates(copy_data, tmp_path):
     _train(
         bin_dir,
         tmp_path,
-        "--arch",
-        "transformer_collab",
-        "--collab-key-dim",
-        "16",
-        "--collab-mode",
-        "concatenate",
+        *"--arch transformer_collab --collab-key-dim 16 --collab-mode concatenate".split(),
         "--max-update",
         "20",
     )

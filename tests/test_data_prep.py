@@ -183,6 +183,22 @@ def test_another_sentencepiece_version_is_refused_with_the_fix(monkeypatch):
     tool.check_version("0.2.3")
 
 
+def test_a_model_of_another_sentencepiece_version_is_not_reused(tmp_path, monkeypatch):
+    """Data prepared before the pin (no spm.json) or by another version: a rerun says how to re-prepare."""
+    tool = _sentencepiece_tool()
+    monkeypatch.delenv("SPM_ANY_VERSION", raising=False)
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "spm.model").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match=r"sentencepiece unrecorded .* delete .*/spm and .*/bin"):
+        tool.train([str(tmp_path / "train.en")], str(tmp_path / "spm" / "spm"), 100)
+    (tmp_path / "spm" / "spm.json").write_text(json.dumps({"sentencepiece": "0.2.3"}))
+    with pytest.raises(RuntimeError, match="was trained by sentencepiece 0.2.3, not 0.2.2"):
+        tool.train([str(tmp_path / "train.en")], str(tmp_path / "spm" / "spm"), 100)
+    (tmp_path / "spm" / "spm.json").write_text(json.dumps({"sentencepiece": "0.2.2"}))
+    tool.train([str(tmp_path / "train.en")], str(tmp_path / "spm" / "spm"), 100)  # kept: no input needed
+    assert (tmp_path / "spm" / "spm.model").read_bytes() == b"old"
+
+
 def test_multi30k_segmentation_is_the_pinned_one(tmp_path):
     """The data-prep's 8k sentencepiece model of Multi30k segments train.de into 417,152 pieces; sentencepiece 0.2.3
     trains another vocabulary from the same text (441,049 pieces), on which reduced-D_k heads lost 5-9 BLEU."""

@@ -47,28 +47,27 @@ def test_reduced_key_dim_checkpoint_generates_and_fine_tunes(copy_data, transfor
     assert torch.load(out, map_location="cpu")["model"]["decoder.layers.1.encoder_attn.q_proj.weight"].shape == (16, 64)
     gen = fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
     assert "Generate test with beam=2" in gen
-    train = fairseq_train(
-        bin_dir,
-        "--user-dir",
-        USER_DIR,
-        "--arch",
-        "transformer_collab_iwslt_de_en",
-        "--collab-key-dim",
-        "16",
-        "--finetune-from-model",
-        out,
-        "--save-dir",
-        tmp_path / "ft",
-        *TINY_MODEL,
-        *TRAIN_FLAGS,
-        "--max-update",
-        "3",
-        "--share-all-embeddings",
-    )
+    train = _finetune(bin_dir, out, tmp_path / "ft", "--max-update", "3")
     assert (tmp_path / "ft" / "checkpoint_last.pt").exists()
     assert f"Loaded checkpoint {out}" in train and "num_updates 3" in train
     tuned = torch.load(tmp_path / "ft" / "checkpoint_last.pt", map_location="cpu")["model"]
     assert tuned["encoder.layers.0.self_attn.mixing"].shape == (HEADS, 16)
+
+
+def _finetune(bin_dir, checkpoint, save_dir, *extra):
+    """fairseq-train --finetune-from-model CHECKPOINT with D_k = 16 (the converted models of these tests)."""
+    model = f"--user-dir {USER_DIR} --arch transformer_collab_iwslt_de_en --collab-key-dim 16 --share-all-embeddings"
+    return fairseq_train(
+        bin_dir,
+        *model.split(),
+        "--finetune-from-model",
+        checkpoint,
+        "--save-dir",
+        save_dir,
+        *TINY_MODEL,
+        *TRAIN_FLAGS,
+        *extra,
+    )
 
 
 def _mixing_matrices(checkpoint, **overrides):
@@ -89,28 +88,7 @@ def test_a_mixing_scale_given_at_conversion_survives_loading_and_fine_tuning_wit
     assert len(converted) == 6 and all(m.abs().amax() > 0.5 for m in converted.values())  # peak |M| = 1 per dim
     for name, mixing in _mixing_matrices(out, collab_mixing_lr_scale=1.0).items():
         torch.testing.assert_close(mixing, converted[name], rtol=1e-6, atol=0)
-    fairseq_train(
-        bin_dir,
-        "--user-dir",
-        USER_DIR,
-        "--arch",
-        "transformer_collab_iwslt_de_en",
-        "--collab-key-dim",
-        "16",
-        "--finetune-from-model",
-        out,
-        "--save-dir",
-        tmp_path / "ft",
-        *TINY_MODEL,
-        *TRAIN_FLAGS,
-        "--max-update",
-        "1",
-        "--share-all-embeddings",
-        "--lr",
-        "1e-9",
-        "--warmup-updates",
-        "1",
-    )
+    _finetune(bin_dir, out, tmp_path / "ft", "--max-update", "1", "--lr", "1e-9", "--warmup-updates", "1")
     for name, mixing in _mixing_matrices(tmp_path / "ft" / "checkpoint_last.pt").items():
         torch.testing.assert_close(mixing, converted[name], rtol=0, atol=1e-6)  # one step of lr 1e-9
 

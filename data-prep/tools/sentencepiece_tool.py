@@ -33,10 +33,31 @@ def check_version(version: str = spm.__version__) -> None:
         )
 
 
+def check_existing_model(model_prefix: str) -> bool:
+    """True if model_prefix.model exists and was trained by the pinned sentencepiece (a rerun keeps it); raise if
+    it was trained by another version, or before versions were recorded."""
+    if not os.path.exists(model_prefix + ".model"):
+        return False
+    settings = {}
+    if os.path.exists(model_prefix + ".json"):
+        with open(model_prefix + ".json") as f:
+            settings = json.load(f)
+    version = settings.get("sentencepiece", "unrecorded (before 2026-11-26)")
+    if version != PINNED_VERSION and os.environ.get("SPM_ANY_VERSION") != "1":
+        out_dir = os.path.dirname(os.path.dirname(os.path.abspath(model_prefix)))
+        raise RuntimeError(
+            f"{model_prefix}.model was trained by sentencepiece {version}, not {PINNED_VERSION}: its segmentation can "
+            f"differ from the project's; delete {out_dir}/spm and {out_dir}/bin and run the data-prep script again"
+        )
+    return True
+
+
 def train(inputs, model_prefix, vocab_size, model_type="unigram", sample_size=2_000_000, seed=1):
     """Train on ``inputs`` (sampling ``sample_size`` sentences); writes model_prefix.model/.vocab atomically, and
-    model_prefix.json (sentencepiece version and settings)."""
+    model_prefix.json (sentencepiece version and settings). A model the pinned version made already is kept."""
     check_version()
+    if check_existing_model(model_prefix):
+        return
     for path in inputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"sentencepiece training input {path} does not exist")
