@@ -156,9 +156,9 @@ def test_failed_training_names_the_log_and_how_to_resume(copy_data, tmp_path):
     assert "re-running the same command resumes from scratch (no checkpoint was saved yet)" in proc.stderr
 
 
-def _dry_run(script, **env):
+def _dry_run(script, *args, **env):
     proc = subprocess.run(
-        ["bash", str(REPO / script)], env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True
+        ["bash", str(REPO / script), *args], env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -225,3 +225,20 @@ def test_the_collaborative_phase_continues_the_warm_up_where_the_transformer_sto
         with pytest.raises(ValueError, match="must be in \\(0, min\\(WARMUP=1000, MAX_UPDATE=1800\\)\\)"):
             collaborative_phase(1e-3, 1000, bad, 1800)
     assert schedule_main(["--lr", "1e-3", "--warmup", "1000", "--warm-start", "1000", "--max-update", "1800"]) == 2
+
+
+def test_a_grid_fills_the_gpus_one_run_each_round_robin(tmp_path):
+    """SWEEP_GPUS gives each run of a sweep, and of the ablations, one GPU, in the grid's order, round robin."""
+    env = dict(RUNS_DIR=str(tmp_path), TABLE="", SWEEP_GPUS="0 1 2", PARALLEL="4", WARM_START="")
+    grid = ["collab:128:1", "collab:128:2", "transformer:512:1", "concat:64:3", "collab:64:1"]
+    names = ["collab_dk128_s1", "collab_dk128_s2", "transformer_dk512_s1", "concat_dk64_s3", "collab_dk64_s1"]
+    proc = _dry_run("recipes/multi30k_en_de/sweep.sh", *grid, **env)
+    assert sorted(proc.stdout.splitlines()) == sorted(f"{n} CUDA_VISIBLE_DEVICES={i % 3}" for i, n in enumerate(names))
+    proc = _dry_run("recipes/multi30k_en_de/ablations.sh", "frozen_mixing:1", "frozen_mixing:2", "transformer:1",
+                    "warm_start600:1", **env)  # fmt: skip
+    assert sorted(proc.stdout.splitlines()) == [
+        "collab_dk128_frozen_mixing_s1 CUDA_VISIBLE_DEVICES=0",
+        "collab_dk128_frozen_mixing_s2 CUDA_VISIBLE_DEVICES=1",
+        "collab_dk128_warm_start600_s1 CUDA_VISIBLE_DEVICES=0",
+        "transformer_dk512_transformer_s1 CUDA_VISIBLE_DEVICES=2",
+    ]

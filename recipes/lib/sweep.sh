@@ -4,6 +4,9 @@
 # Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), CORPUS, PARALLEL (1),
 #   RUNS_DIR (work/$CORPUS/runs), TABLE (results/${CORPUS}_table.md), PLOT (results/$CORPUS.png),
 #   TAG (suffix of run names for ablations), plus the corpus train.sh variables (EXTRA, WARM_START, MAX_UPDATE ...).
+#   SWEEP_GPUS: GPU ids, e.g. "0 1 2 3": each run gets one of them (round robin over the grid's order), so a
+#     grid fills a multi-GPU machine with single-GPU runs; unset: every run sees every visible GPU (and trains
+#     on all of them through fairseq's distributed training). DRY_RUN=1: print each run's name and GPU only.
 # Arguments: the grid entries, e.g. transformer:512:1 collab:128:1.
 set -euo pipefail
 : "${RECIPE_DIR:?}"; : "${CORPUS:?}"
@@ -16,12 +19,18 @@ for entry in "$@"; do
 done
 export PARALLEL="${PARALLEL:-1}" TAG="${TAG:-}" RECIPE_DIR RUNS_DIR
 
-run_one() {  # HEADS:KEY_DIM:SEED
-  IFS=: read -r heads key_dim seed <<<"$1"
+run_one() {  # INDEX HEADS:KEY_DIM:SEED
+  local index="$1"
+  IFS=: read -r heads key_dim seed <<<"$2"
+  if [[ -n "${SWEEP_GPUS:-}" ]]; then
+    read -r -a gpus <<<"$SWEEP_GPUS"
+    export CUDA_VISIBLE_DEVICES="${gpus[$(( (index - 1) % ${#gpus[@]} ))]}"
+  fi
   local tag="$TAG"
   [[ "$heads" == collab && -n "${WARM_START:-}" && -z "$TAG" ]] && tag="_ws${WARM_START}"  # warm start in the name
   local name="${heads}_dk${key_dim}${tag}_s${seed}"
   local dir="$RUNS_DIR/$name"
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then echo "$name CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-all}"; return 0; fi
   if [[ -s "$dir/bleu.json" ]]; then echo "[sweep] $name done already" >&2; return 0; fi
   local kd=""; [[ "$heads" == transformer ]] || kd="$key_dim"
   local warm=""; [[ "$heads" == collab ]] && warm="${WARM_START:-}"  # the warm start is for collaborative rows only
@@ -34,6 +43,6 @@ run_one() {  # HEADS:KEY_DIM:SEED
 }
 export -f run_one
 status=0
-printf '%s\n' "$@" | xargs -P "$PARALLEL" -I{} bash -c 'run_one "$@"' _ {} || status=$?
-[[ -z "$TABLE" ]] || python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" --out "$TABLE" ${PLOT:+--plot "$PLOT"}
+printf '%s\n' "$@" | nl -w1 -s' ' | xargs -P "$PARALLEL" -L1 bash -c 'run_one "$@"' _ || status=$?
+[[ -z "$TABLE" || "${DRY_RUN:-0}" == 1 ]] || python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" --out "$TABLE" ${PLOT:+--plot "$PLOT"}
 (( status == 0 )) || { echo "error: some runs of the sweep failed (see above); the table holds the others" >&2; exit 1; }

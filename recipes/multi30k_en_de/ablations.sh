@@ -2,7 +2,8 @@
 # The "earn the paper's claim" ablations on Multi30k (results/collab_quality.md): each NAME below is one
 # training configuration; every NAME:SEED runs train.sh + evaluate.sh into
 # work/multi30k_en_de/ablations/<heads>_dk<D_k>_<NAME>_s<SEED> (make_table groups them by NAME).
-# Runs go PARALLEL at a time (small models: ~10 fit side by side on one H100/H200).
+# Runs go PARALLEL at a time (small models: ~10 fit side by side on one H100/H200); SWEEP_GPUS="0 1 2 3" spreads
+# them over a machine's GPUs, one GPU per run, round robin (see recipes/lib/sweep.sh).
 #
 # (collab rows without WARM_START=... train from scratch; the recipe's default is the warm start)
 # usage: PARALLEL=10 recipes/multi30k_en_de/ablations.sh frozen_mixing:1 frozen_mixing:2 warm_start600:1 ...
@@ -39,14 +40,17 @@ for entry in "$@"; do
   [[ "$entry" =~ ^([A-Za-z0-9_.]+):([0-9]+)$ && -n "${CONFIG[${BASH_REMATCH[1]}]:-}" ]] || {
     echo "error: '$entry' is not NAME:SEED with a NAME from --list" >&2; exit 2; }
 done
-run_one() {  # NAME:SEED "HEADS KEY_DIM | VAR=value ..."
-  local name="${1%%:*}" seed="${1##*:}" spec="$2"
+run_one() {  # INDEX NAME:SEED "HEADS KEY_DIM | VAR=value ..."
+  local index="$1" name="${2%%:*}" seed="${2##*:}" spec="$3"
   read -r heads key_dim <<<"${spec%%|*}"
   (
+    if [[ -n "${SWEEP_GPUS:-}" ]]; then  # this run's GPU: the inner one-entry sweep gets just that one
+      read -r -a gpus <<<"$SWEEP_GPUS"; export SWEEP_GPUS="${gpus[$(( (index - 1) % ${#gpus[@]} ))]}"
+    fi
     for assignment in ${spec#*|}; do export "${assignment%%=*}=${assignment#*=}"; done
     PARALLEL=1 TAG="_$name" TABLE="" PLOT="" "$RECIPE_DIR/sweep.sh" "$heads:$key_dim:$seed"
   )
 }
 export -f run_one
-for entry in "$@"; do printf '%s\t%s\n' "$entry" "${CONFIG[${entry%%:*}]}"; done |
-  xargs -P "${PARALLEL:-1}" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r e s <<<"$1"; run_one "$e" "$s"' _ {}
+for entry in "$@"; do printf '%s\t%s\n' "$entry" "${CONFIG[${entry%%:*}]}"; done | nl -w1 -s$'\t' |
+  xargs -P "${PARALLEL:-1}" -d '\n' -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r i e s <<<"$1"; run_one "$i" "$e" "$s"' _ {}
