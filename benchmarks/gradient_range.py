@@ -23,6 +23,7 @@ import re
 from collections import defaultdict
 
 import torch
+from fairseq import checkpoint_utils
 from profile_training_step import batches, build, for_each_config, step_parser
 
 FP16_MAX = 65504.0
@@ -47,8 +48,6 @@ def measure(name, flags, data_dir, args):
     torch.manual_seed(1)
     model, criterion, task = build(flags, data_dir)
     if name in args.load:
-        from fairseq import checkpoint_utils
-
         model.load_state_dict(checkpoint_utils.load_checkpoint_to_cpu(args.load[name])["model"])
     model.train()
     rows = defaultdict(lambda: {"max_abs": 0.0})

@@ -97,12 +97,11 @@ def fairseq_preprocess(*argv) -> None:
 
 
 def run_cli(module, *args, stdin=None, check=True):
-    """``python -m MODULE ARGS`` in a fresh process (fairseq_cli.X, or a dotted module); the CompletedProcess,
-    stdout and stderr together in .stdout."""
+    """``python -m fairseq_cli.MODULE ARGS`` in a fresh process; the CompletedProcess, stdout and stderr together
+    in .stdout."""
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
-    module = module if "." in module else f"fairseq_cli.{module}"
     proc = subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
+        [sys.executable, "-m", f"fairseq_cli.{module}", *map(str, args)],
         input=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -111,7 +110,7 @@ def run_cli(module, *args, stdin=None, check=True):
         timeout=900,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+        raise AssertionError(f"fairseq_cli.{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc
 
 

@@ -21,6 +21,8 @@ import tempfile
 
 import sacrebleu
 
+from collab_fairseq.provenance import code_provenance
+
 logger = logging.getLogger(__name__)
 
 
@@ -137,8 +139,6 @@ def trained_by(checkpoint: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    from collab_fairseq.provenance import code_provenance
-
     return {**code_provenance(), "code_read_at": "evaluation"}
 
 

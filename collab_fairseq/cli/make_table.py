@@ -88,10 +88,10 @@ class MixedCodeError(ValueError):
     """Rows trained by different collab_fairseq/ code."""
 
 
-def check_code(rows, allow_mixed: bool = False, current: str = None):
+def check_code(rows, allow_mixed: bool = False):
     """Refuse rows of different collab_fairseq/ code (unless ``allow_mixed``); return the runs whose code is not
-    ``current`` (this checkout's), i.e. stale: re-running their command now may give another number."""
-    current = current or code_hash()
+    this checkout's, i.e. stale: re-running their command now may give another number."""
+    current = code_hash()
     by_code = defaultdict(list)
     for r in rows:
         by_code[r.get("code")].append(r.get("run", "?"))

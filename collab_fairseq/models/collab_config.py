@@ -9,6 +9,7 @@ every collaborative attention layer; the layer build hooks only look their layer
 import functools
 import re
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -16,12 +17,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from collab_fairseq.modules.attention_kernels import KERNELS
 from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES
 
-# attention kind -> (the stack whose layers hold it, the stack whose width its keys have)
-ATTENTIONS = {
-    "encoder_self": ("encoder", "encoder"),
-    "decoder_self": ("decoder", "decoder"),
-    "encoder_decoder": ("decoder", "encoder"),
-}
+# attention kind -> the stack whose layers hold it (and whose heads, layers and width it has)
+ATTENTIONS = {"encoder_self": "encoder", "decoder_self": "decoder", "encoder_decoder": "decoder"}
 
 
 @dataclass
@@ -134,7 +131,7 @@ def _stack_value(cfg, stack: str, name: str):
 
 def attention_heads(cfg) -> Dict[str, int]:
     """Heads of each attention kind of the model that ``cfg`` describes."""
-    return {kind: _stack_value(cfg, stack, "attention_heads") for kind, (stack, _) in ATTENTIONS.items()}
+    return {kind: _stack_value(cfg, stack, "attention_heads") for kind, stack in ATTENTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -163,13 +160,17 @@ def collab_layers(cfg) -> Dict[Tuple[str, int], CollabLayerOptions]:
     options; ValueError naming the fix for options that cannot describe a model."""
     shapes = tuple(
         (kind, _stack_value(cfg, stack, "layers"), _stack_value(cfg, stack, "embed_dim"))
-        for kind, (stack, _) in ATTENTIONS.items()
+        for kind, stack in ATTENTIONS.items()
     )
-    return _collab_layers(tuple(str(getattr(cfg, name, default)) for name, default in COLLAB_OPTIONS.items()), shapes)
+    # choice options may be fairseq's StrEnum members (hydra configs): their str() is the value
+    values = tuple(
+        str(v) if isinstance(v, Enum) else v for v in (getattr(cfg, name, d) for name, d in COLLAB_OPTIONS.items())
+    )
+    return _collab_layers(values, shapes)
 
 
 @functools.lru_cache(maxsize=16)
-def _collab_layers(values: Tuple[str, ...], shapes) -> Dict[Tuple[str, int], CollabLayerOptions]:
+def _collab_layers(values: tuple, shapes: tuple) -> Dict[Tuple[str, int], CollabLayerOptions]:
     opts = dict(zip(COLLAB_OPTIONS, values))
     attentions = parse_attentions(opts["collab_attentions"])
     overrides = parse_layer_key_dims(opts["collab_layer_key_dims"])
@@ -181,11 +182,7 @@ def _collab_layers(values: Tuple[str, ...], shapes) -> Dict[Tuple[str, int], Col
             raise ValueError(
                 f"--collab-layer-key-dims: {kind}:{layer} does not exist ({layer_counts[kind]} layers, 0-based)"
             )
-    try:
-        scale = float(opts["collab_mixing_lr_scale"])
-    except ValueError:
-        raise ValueError(f"--collab-mixing-lr-scale: not a number: {opts['collab_mixing_lr_scale']!r}") from None
-    default_key_dim = None if opts["collab_key_dim"] in ("", "None") else int(opts["collab_key_dim"])
+    default_key_dim = opts["collab_key_dim"]
     plan = {}
     for kind, layers, embed_dim in shapes:
         if kind not in attentions:
@@ -198,8 +195,8 @@ def _collab_layers(values: Tuple[str, ...], shapes) -> Dict[Tuple[str, int], Col
                 key_dim=key_dim,
                 mode=opts["collab_mode"],
                 mixing_init=opts["collab_mixing_init"],
-                mixing_lr_scale=scale,
-                content_bias=opts["collab_no_content_bias"] != "True",
+                mixing_lr_scale=float(opts["collab_mixing_lr_scale"]),
+                content_bias=not opts["collab_no_content_bias"],
                 kernel=opts["collab_attention_kernel"],
             )
     return plan
