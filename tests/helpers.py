@@ -1,6 +1,7 @@
 """Helpers for the tests: fairseq's CLIs run in this process (as fairseq's own tests run them), a subprocess
 runner for the few checks that need a fresh Python, tiny synthetic data, BLEU parsing."""
 
+import argparse
 import contextlib
 import io
 import logging
@@ -112,6 +113,18 @@ def run_cli(module, *args, stdin=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"fairseq_cli.{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc
+
+
+def load_model(checkpoint, bin_dir):
+    """The checkpoint's model (its saved arguments, a translation task on bin_dir), float32, eval mode."""
+    from fairseq import checkpoint_utils, tasks
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+    args = state["cfg"]["model"]
+    task = tasks.setup_task(argparse.Namespace(**{**vars(args), "data": str(bin_dir), "task": "translation"}))
+    model = task.build_model(args)
+    model.load_state_dict(state["model"], strict=True)
+    return model.float().eval()
 
 
 def write_mapped_copy_task(out_dir: Path, seed: int = 0):

@@ -1,26 +1,19 @@
 """collab-reparametrize / collab-analyze: exactness at full D_k, CP reconstruction, low-rank conversion, bad input."""
 
-import argparse
-
 import pytest
 import torch
-from fairseq import checkpoint_utils, tasks
+from fairseq import checkpoint_utils
 
 from collab_fairseq.cli import analyze, reparametrize
 from collab_fairseq.reparam.cp import AttentionWeights, cp_decompose, head_products, reparametrize_attention
-from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, fairseq_generate, fairseq_train
+from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, fairseq_generate, fairseq_train, load_model
 
 HEADS, EMBED = 4, 64
 
 
 def _outputs(ckpt, bin_dir):
     """Decoder output (log-probs) of the checkpoint's model on a fixed batch, float32, eval mode."""
-    state = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))
-    args = state["cfg"]["model"]
-    task = tasks.setup_task(argparse.Namespace(**{**vars(args), "data": str(bin_dir), "task": "translation"}))
-    model = task.build_model(args)
-    model.load_state_dict(state["model"], strict=True)
-    model.float().eval()
+    model = load_model(ckpt, bin_dir)
     torch.manual_seed(0)
     src = torch.randint(4, 40, (3, 9))
     prev = torch.randint(4, 40, (3, 7))

@@ -4,22 +4,45 @@
 # Environment: RECIPE_DIR (corpus recipe folder with train.sh / evaluate.sh), SOURCE (run dir of a trained
 #   fairseq transformer or --collab-mode concatenate model; its checkpoint_best.pt is converted),
 #   OUT_DIR (where the reparam_dk<D>[_ft<U>] runs go), KEY_DIMS (e.g. "512 384 256 192 128 64"),
-#   FINETUNE_DIMS (subset of KEY_DIMS to fine-tune), FINETUNE_UPDATES, FINETUNE_LR, FINETUNE_WARMUP.
+#   FINETUNE_DIMS (subset of KEY_DIMS to fine-tune), FINETUNE_UPDATES, FINETUNE_LR, FINETUNE_WARMUP,
+#   MAX_ERRORS (e.g. "0.5 0.7": each layer gets the smallest D_k within that relative error; runs reparam_err<E>),
+#   UNIFORM (e.g. "encoder_decoder all": the source with those attentions made uniform, no decomposition; runs
+#   uniform_<attentions>; a control for whether the model's attention is doing work at all).
 # Each run dir gets bleu.json (make_table reads it) and reparametrize.json (per-layer error and time).
 set -euo pipefail
 : "${RECIPE_DIR:?}"; : "${SOURCE:?set SOURCE to a trained run directory}"; : "${OUT_DIR:?}"
 [[ -s "$SOURCE/checkpoint_best.pt" ]] || { echo "error: $SOURCE/checkpoint_best.pt not found: train the source first" >&2; exit 1; }
 SOURCE_NAME=$(basename "$SOURCE")
-for d in ${KEY_DIMS:?}; do
-  run="$OUT_DIR/reparam_dk$d"
-  mkdir -p "$run"
+score() {  # RUN_DIR HEADS KEY_DIM TAG: evaluate the run's checkpoint_best.pt into its bleu.json, print the BLEU
+  local run="$1" heads="$2" key_dim="$3" tag="$4" name
+  name=$(basename "$run")
   if [[ ! -s "$run/bleu.json" ]]; then
-    python3 -m collab_fairseq.cli.reparametrize "$SOURCE/checkpoint_best.pt" "$run/checkpoint_best.pt" --key-dim "$d" \
-      --report "$run/reparametrize.json" --force > "$run/reparametrize.log" 2>&1
-    META="{\"run\": \"reparam_dk$d\", \"heads\": \"collab\", \"key_dim\": $d, \"seed\": 1, \"tag\": \"_reparam\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": 0}" \
+    META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": 1, \"tag\": \"$tag\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": 0}" \
       SAVE_DIR="$run" "$RECIPE_DIR/evaluate.sh" >/dev/null
   fi
-  echo "[reparam] D_k=$d no retraining: $(python3 -c "import json; print(json.load(open('$run/bleu.json'))['sacrebleu'])") BLEU" >&2
+  echo "[reparam] $name: $(python3 -c "import json; print(json.load(open('$run/bleu.json'))['sacrebleu'])") BLEU" >&2
+}
+convert() {  # RUN_DIR [reparametrize flags]: CP-convert the source into RUN_DIR/checkpoint_best.pt once
+  local run="$1"; shift
+  mkdir -p "$run"
+  [[ -s "$run/checkpoint_best.pt" ]] || python3 -m collab_fairseq.cli.reparametrize "$SOURCE/checkpoint_best.pt" \
+    "$run/checkpoint_best.pt" "$@" --report "$run/reparametrize.json" --force > "$run/reparametrize.log" 2>&1
+}
+for d in ${KEY_DIMS:?}; do
+  convert "$OUT_DIR/reparam_dk$d" --key-dim "$d"
+  score "$OUT_DIR/reparam_dk$d" collab "$d" _reparam
+done
+for e in ${MAX_ERRORS:-}; do
+  convert "$OUT_DIR/reparam_err$e" --max-error "$e"
+  mean_key_dim=$(python3 -c "import json; r = json.load(open('$OUT_DIR/reparam_err$e/reparametrize.json'))['layers']; print(round(sum(x['key_dim'] for x in r) / len(r)))")
+  score "$OUT_DIR/reparam_err$e" collab "$mean_key_dim" "_reparam_err$e"  # D_k: the mean over layers
+done
+for attentions in ${UNIFORM:-}; do
+  run="$OUT_DIR/uniform_$attentions" tag="_uniform_$attentions"; mkdir -p "$run"
+  [[ "$attentions" == all ]] && attentions=encoder_self,decoder_self,encoder_decoder
+  [[ -s "$run/checkpoint_best.pt" ]] || python3 -m collab_fairseq.cli.uniform_attention "$SOURCE/checkpoint_best.pt" \
+    "$run/checkpoint_best.pt" --attentions "$attentions" --force >/dev/null
+  score "$run" transformer 512 "$tag"  # the source's own heads
 done
 for d in ${FINETUNE_DIMS:-}; do
   ft="$OUT_DIR/reparam_dk${d}_ft${FINETUNE_UPDATES:?}"
