@@ -35,7 +35,7 @@ def _generate(bin_dir, checkpoint, *extra):
 def test_collab_model_learns_the_task_and_beam_search_translates(copy_data, collab_run):
     _, bin_dir = copy_data
     log = (collab_run / "train.log").read_text()
-    assert "collaborative attention: mode=collaborative D_k=16" in log and "kernel=bmm" in log
+    assert "collaborative attention: mode=collaborative D_k=16" in log and "kernel=bmm content_bias=True" in log
 
     state = torch.load(collab_run / "checkpoint_last.pt", map_location="cpu")  # safe loading, allowlisted types
     weights = state["model"]

@@ -102,6 +102,38 @@ def test_make_table_groups_seeds_and_counts_attention_parameters(tmp_path):
     }
 
 
+def test_make_table_counts_a_warm_start_s_transformer_updates_and_early_stops(tmp_path):
+    _fixture_run(tmp_path, "collab_dk128_ws600_s1", "collab", 128, 1, 36.0, [4.1], 28_589_056)
+    meta = json.load(open(tmp_path / "collab_dk128_ws600_s1" / "bleu.json"))
+    (tmp_path / "collab_dk128_ws600_s1" / "bleu.json").write_text(json.dumps({**meta, "warm_start": 600}))
+    log = tmp_path / "collab_dk128_ws600_s1" / "train.log"
+    log.write_text(log.read_text().replace("num_updates 1800", "num_updates 1200"))  # the collaborative phase's log
+    for seed, stop in ((1, 2800), (2, 3400)):
+        run = f"transformer_dk512_s{seed}"
+        _fixture_run(tmp_path, run, "transformer", 512, seed, 38.0, [4.0], 35_639_296)
+        (tmp_path / run / "train.log").write_text(
+            (tmp_path / run / "train.log").read_text().replace("num_updates 1800", f"num_updates {stop}")
+        )
+    out = tmp_path / "table.md"
+    make_table.main([str(tmp_path), "--out", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[2].endswith("| 3100 (2800-3400) |") and lines[3].endswith("| 600 + 1200 |")
+    warm = next(r for r in json.load(open(tmp_path / "table.json")) if r["warm_start"])
+    assert (warm["updates"], warm["phase_updates"]) == (1800, 1200)
+
+
+def test_closed_form_attention_parameters_count_only_the_collaborative_attentions_as_reduced():
+    full, collab = 18_911_232 // 18, 11_860_992 // 18  # transformer_iwslt_de_en's layers: fairseq's, collab D_k=128
+    row = {"heads": "collab", "key_dim": 128}
+    assert make_table.closed_form_attention_params(row, (512, 4, 18)) == 18 * collab
+    row["collab_attentions"] = ["encoder_self", "decoder_self"]  # read from the log's start-up line
+    assert make_table.closed_form_attention_params(row, (512, 4, 18)) == 12 * collab + 6 * full
+    line = "| collaborative attention: mode=collaborative D_k=128 attentions=encoder_decoder mixing_init=concatenate"
+    assert make_table.COLLAB_ATTENTIONS.search(line).group(1) == "encoder_decoder"
+    row.update(collab_attentions=None, content_bias=False)  # --collab-no-content-bias: no C_k x H per layer
+    assert make_table.closed_form_attention_params(row, (512, 4, 18)) == 18 * (collab - 512 * 4)
+
+
 def test_make_table_refuses_rows_of_other_code_and_names_the_stale_ones(tmp_path, capsys):
     _fixture_run(tmp_path, "transformer_dk512_s1", "transformer", 512, 1, 36.0, [4.1], 35_639_296)
     _fixture_run(tmp_path, "collab_dk128_s1", "collab", 128, 1, 30.0, [4.3], 28_589_056, code="0123456789abcdef")

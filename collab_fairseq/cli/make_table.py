@@ -24,11 +24,14 @@ from collab_fairseq.provenance import code_hash
 PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
 TRAIN_END = re.compile(r"\| train \| epoch \d+ \|.*?\| wps ([\d.]+) .*?\| num_updates (\d+)")
 VALID = re.compile(r"valid on 'valid' subset \| loss ([\d.]+)")
+COLLAB_ATTENTIONS = re.compile(r"collaborative attention: .*?attentions=([\w,]+)")
+NO_CONTENT_BIAS = re.compile(r"collaborative attention: .*?content_bias=False")
 
 
 def read_train_log(path):
-    """-> dict(params, wps (mean over epochs), updates, best_valid_loss) from a fairseq-train log."""
-    info = {"params": None, "wps": None, "updates": None, "best_valid_loss": None}
+    """-> dict(params, wps (mean over epochs), updates, best_valid_loss, collab_attentions, content_bias) from a
+    fairseq-train log."""
+    info = {"params": None, "wps": None, "updates": None, "best_valid_loss": None, "collab_attentions": None}
     if not os.path.exists(path):
         return info
     text = open(path, encoding="utf-8", errors="replace").read()
@@ -40,6 +43,9 @@ def read_train_log(path):
         info["updates"] = int(epochs[-1][1])
     if m := VALID.findall(text):
         info["best_valid_loss"] = min(float(v) for v in m)
+    if m := COLLAB_ATTENTIONS.findall(text):
+        info["collab_attentions"] = m[-1].split(",")
+        info["content_bias"] = not NO_CONTENT_BIAS.search(text)  # logged since 2026-11-27; before: assumed on
     return info
 
 
@@ -58,10 +64,16 @@ def closed_form_attention_params(row, layout):
     from collab_fairseq.modules.collaborative_attention import attention_parameter_count
 
     embed_dim, heads, layers = layout
+    full = attention_parameter_count(embed_dim, heads, embed_dim, "concatenate")
     if row.get("heads") == "transformer":
-        return layers * attention_parameter_count(embed_dim, heads, embed_dim, "concatenate")
+        return layers * full
     mode = "collaborative" if row.get("heads") == "collab" else "concatenate"
-    return layers * attention_parameter_count(embed_dim, heads, int(row["key_dim"]), mode)
+    reduced = attention_parameter_count(
+        embed_dim, heads, int(row["key_dim"]), mode, content_bias=row.get("content_bias", True)
+    )
+    kinds = row.get("collab_attentions") or ["encoder_self", "decoder_self", "encoder_decoder"]
+    per_kind = layers // 3  # the layers of each of the three attentions; those not in kinds stay full
+    return per_kind * (len(kinds) * reduced + (3 - len(kinds)) * full)
 
 
 def collect(runs_dir, layout=None):
@@ -80,6 +92,9 @@ def collect(runs_dir, layout=None):
         if "warm_start" not in result:  # bleu.json written before the sweep recorded it: the run name's tag
             m = re.search(r"_ws(\d+)", result.get("tag") or "")
             result["warm_start"] = int(m.group(1)) if m else None
+        if result["warm_start"] and result["updates"] is not None:  # the log is the collaborative phase's
+            result["phase_updates"] = result["updates"]
+            result["updates"] += result["warm_start"]
         rows.append(result)
     return rows
 
@@ -118,6 +133,14 @@ def _int(value):
     return f"{value:,}" if value is not None else "-"
 
 
+def _updates(rows):
+    """'1800', '2727 (2420-3217)' (early stopping), or a warm start's '600 + 1200' (transformer + collaborative)."""
+    first = rows[0]
+    if first.get("phase_updates") is not None:
+        return f"{first['warm_start']} + " + _fmt([r.get("phase_updates") for r in rows], 0)
+    return _fmt([r.get("updates") for r in rows], 0)
+
+
 def table(rows, code_column: bool = False):
     groups = defaultdict(list)
     for r in rows:
@@ -142,7 +165,7 @@ def table(rows, code_column: bool = False):
             _int(first["attention_params"]),
             _int(first["params"]),
             _fmt([r["wps"] for r in rs], 0),
-            first["updates"] or "-",
+            _updates(rs),
         ]
         if code_column:
             cells.append(", ".join(sorted({str(r.get("code")) for r in rs})))

@@ -89,12 +89,13 @@ class TransformerCollabModel(TransformerModel):
         mark_collab_args(args)
         model = super().build_model(args, task)
         logger.info(
-            "collaborative attention: mode=%s D_k=%s attentions=%s mixing_init=%s kernel=%s",
+            "collaborative attention: mode=%s D_k=%s attentions=%s mixing_init=%s kernel=%s content_bias=%s",
             args.collab_mode,
             args.collab_key_dim if args.collab_key_dim is not None else "embed_dim",
             args.collab_attentions,
             args.collab_mixing_init,
             args.collab_attention_kernel,
+            not args.collab_no_content_bias,
         )
         return model
 
