@@ -3,12 +3,16 @@
 Rows (E=512, H=8, training mode, key padding, autocast): fairseq MultiheadAttention (the baseline),
 a naive collaborative layer written like the authors' code (per-head keys materialised, explicit
 softmax), and ours with each kernel (sdpa: torch's fused attention; bmm: one GEMM of all heads'
-queries against the shared keys), at D_k in {512, 256, 128, 64} and several (sentences x tokens).
+queries against the shared keys; folded; fused: the Triton kernel), at D_k in {512, 256, 128, 64} and several
+(sentences x tokens): time, peak memory of forward + backward, and the FLOP ratio in closed form (every
+collaborative head scores over all D_k dimensions: H x D_k multiply-adds per query-key pair, against the
+standard layer's H x d_k = E), the ceiling of the speed ratio at long sequences.
 Before timing, each of our paths is checked against the naive formulation on the same weights and
 inputs (outputs and gradients); a path that disagrees is not timed. Also measures the incremental
 decoding key cache (bytes per sentence per step) against fairseq's.
 
     python benchmarks/attention_layer.py --out results/performance_layer.json
+    python benchmarks/attention_layer.py --shapes 8x1024,8x4096 --key-dims 128,64 --dtype float16  # long
 """
 
 import argparse
@@ -40,9 +44,26 @@ def naive_collab(layer: CollaborativeMultiheadAttention, x, padding):
     return layer.out_proj(out)
 
 
+def layer_flops(bsz, tokens, key_dim=None, heads=HEADS, embed=EMBED):
+    """Multiply-adds x 2 of one self-attention layer's forward + backward (backward = 2x forward), closed form.
+
+    key_dim None: fairseq's layer (q, k, v, out projections E x E; scores and P @ V over E dims in all).
+    Otherwise collaborative: q, k projections E x D_k, content bias E x H, scores H x D_k per pair."""
+    n, pairs = bsz * tokens, bsz * tokens * tokens
+    if key_dim is None:
+        projections, scores = 4 * n * embed * embed, pairs * embed
+    else:
+        projections, scores = n * embed * (2 * key_dim + heads + 2 * embed), pairs * heads * key_dim
+    values = pairs * embed  # P @ V over all heads' d_v
+    return 3 * 2 * (projections + scores + values)
+
+
 def timed(fn, x, iters, warmup=5):
-    """Median milliseconds of fn(x) forward + backward."""
+    """(median milliseconds, peak bytes allocated above the start) of fn(x) forward + backward."""
     times = []
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start_bytes = torch.cuda.memory_allocated()
     for i in range(warmup + iters):
         x.grad = None
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -52,7 +73,7 @@ def timed(fn, x, iters, warmup=5):
         torch.cuda.synchronize()
         if i >= warmup:
             times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(times), torch.cuda.max_memory_allocated() - start_bytes
 
 
 def agree(layer, impl, x, padding, dtype, tol):
@@ -110,10 +131,12 @@ def main():
             with torch.autocast("cuda", dtype=dtype):
                 return base(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0]
 
-        base_ms = timed(run_base, x, args.iters)
+        base_ms, base_bytes = timed(run_base, x, args.iters)
+        base_flops = layer_flops(bsz, tokens)
         rows.append(
-            {"shape": shape, "layer": "fairseq MultiheadAttention", "key_dim": EMBED, "ms": base_ms, "ratio": 1.0}
-        )
+            {"shape": shape, "layer": "fairseq MultiheadAttention", "key_dim": EMBED, "ms": base_ms, "ratio": 1.0,
+             "peak_bytes": base_bytes, "memory_ratio": 1.0, "flop_ratio": 1.0}
+        )  # fmt: skip
         for key_dim in map(int, args.key_dims.split(",")):
             layer = CollaborativeMultiheadAttention(EMBED, HEADS, self_attention=True, key_dim=key_dim).cuda().train()
             with torch.no_grad():
@@ -124,11 +147,13 @@ def main():
                 with torch.autocast("cuda", dtype=dtype):
                     return naive_collab(layer, xx, padding)
 
-            ms = timed(run_naive, x, args.iters)
+            flop_ratio = base_flops / layer_flops(bsz, tokens, key_dim)
+            ms, peak = timed(run_naive, x, args.iters)
             rows.append(
-                {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms}
-            )
-            for impl in ("sdpa", "bmm", "folded"):
+                {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms,
+                 "peak_bytes": peak, "memory_ratio": peak / base_bytes, "flop_ratio": flop_ratio}
+            )  # fmt: skip
+            for impl in ("sdpa", "bmm", "folded", "fused"):
                 err, ok = agree(layer, impl, x, padding, dtype, tol)
                 row = {"shape": shape, "layer": f"ours ({impl})", "key_dim": key_dim, "max_rel_error": err}
                 if ok:
@@ -138,8 +163,9 @@ def main():
                         with torch.autocast("cuda", dtype=dtype):
                             return layer(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0]
 
-                    row["ms"] = timed(run_ours, x, args.iters)
-                    row["ratio"] = base_ms / row["ms"]
+                    row["ms"], row["peak_bytes"] = timed(run_ours, x, args.iters)
+                    row.update(ratio=base_ms / row["ms"], memory_ratio=row["peak_bytes"] / base_bytes)
+                    row["flop_ratio"] = flop_ratio
                 else:
                     row["refused"] = f"disagrees with the naive formulation (rel. error {err:.2e} > {tol})"
                 rows.append(row)
@@ -161,11 +187,14 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    print("| sentences x tokens | layer | D_k | fwd+bwd ms | speed vs fairseq |\n|---|---|---|---|---|")
+    print("| sentences x tokens | layer | D_k | fwd+bwd ms | speed vs fairseq | FLOP ratio | peak memory vs fairseq |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{r['ratio']:.2f}x" if "ratio" in r else r.get("refused", "")
         ms = f"{r['ms']:.3f}" if "ms" in r else "-"
-        print(f"| {r['shape']} | {r['layer']} | {r['key_dim']} | {ms} | {speed} |")
+        memory = f"{r['memory_ratio']:.2f}x" if "memory_ratio" in r else "-"
+        flops = f"{r['flop_ratio']:.2f}" if "flop_ratio" in r else "-"
+        print(f"| {r['shape']} | {r['layer']} | {r['key_dim']} | {ms} | {speed} | {flops} | {memory} |")
     print("\n| D_k | key cache bytes/sentence/step, fairseq | ours | ratio |\n|---|---|---|---|")
     for c in cache:
         print(f"| {c['key_dim']} | {c['fairseq_bytes']:.0f} | {c['ours_bytes']:.0f} | {c['ratio']:.3f} |")

@@ -1,9 +1,22 @@
 """Shared fixtures, built once per test session: the tiny synthetic parallel data and the trained tiny models
 the CLI, recipe and re-parametrization tests read."""
 
+import os
+
 import pytest
 
-from tests.helpers import TINY_MODEL, TRAIN_FLAGS, USER_DIR, fairseq_preprocess, fairseq_train, write_mapped_copy_task
+# the fused attention kernel (Triton) runs on CPU tensors under Triton's interpreter; must be set before the
+# kernel module is imported (the layer imports it on first use)
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tests.helpers import (  # noqa: E402  (after the environment above)
+    TINY_MODEL,
+    TRAIN_FLAGS,
+    USER_DIR,
+    fairseq_preprocess,
+    fairseq_train,
+    write_mapped_copy_task,
+)
 
 COLLAB_RUN_UPDATES = 220
 

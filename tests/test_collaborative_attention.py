@@ -39,7 +39,9 @@ def _causal(t):
 
 @pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
 @pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
-@pytest.mark.parametrize("need_weights,kernel", [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded")])
+@pytest.mark.parametrize(
+    "need_weights,kernel", [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded"), (False, "fused")]
+)
 def test_matches_fairseq_multihead_attention(kind, mode, need_weights, kernel):
     ref, ours = _pair(kind, mode)
     ours.kernel = kernel  # the kernel used when no weights are returned
@@ -105,7 +107,7 @@ def _random_layer(kind, key_dim=12, mode="collaborative", mixing_init="normal"):
     return layer
 
 
-@pytest.mark.parametrize("kernel", ["bmm", "folded"])
+@pytest.mark.parametrize("kernel", ["bmm", "folded", "fused"])
 @pytest.mark.parametrize(
     "mode,mixing_init,key_dim", [("collaborative", "normal", 12), ("concatenate", "concatenate", 8)]
 )
@@ -192,7 +194,7 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=10, mixing_init="concatenate"), "multiple of 4"),
         (dict(key_dim=8, mode="grouped"), "unknown collaborative attention mode"),
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
-        (dict(key_dim=8, kernel="flash"), "unknown attention kernel 'flash'; choose one of bmm, sdpa, folded"),
+        (dict(key_dim=8, kernel="flash"), "unknown attention kernel 'flash'; choose one of bmm, sdpa, folded, fused"),
     ],
 )
 def test_bad_layer_arguments_are_rejected(kwargs, match):

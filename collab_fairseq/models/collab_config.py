@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from collab_fairseq.modules.attention_kernels import KERNELS
+from collab_fairseq.modules.attention_kernels import KERNEL_NAMES
 from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES
 
 # attention kind -> the stack whose layers hold it (and whose heads, layers and width it has)
@@ -70,13 +70,15 @@ class CollabAttentionConfig(FairseqDataclass):
         default=False,
         metadata={"help": "drop the per-head key-dependent content bias c_h(y) = y W_C of collaborative heads"},
     )
-    collab_attention_kernel: ChoiceEnum(list(KERNELS)) = field(
+    collab_attention_kernel: ChoiceEnum(KERNEL_NAMES) = field(
         default="bmm",
         metadata={
             "help": "how collaborative heads compute attention when no weights are returned: bmm (one GEMM of "
             "all heads' queries against the shared keys, then softmax), sdpa (torch's fused attention, the "
             "content bias and padding as a mask), folded (fused attention with no mask: content bias and "
-            "padding folded into extra key dims); the same function, results/performance.md times them"
+            "padding folded into extra key dims), fused (one Triton kernel, forward and backward, that writes neither "
+            "per-head queries nor scores; CUDA only, elsewhere bmm); the same function, results/performance.md "
+            "times them"
         },
     )
 

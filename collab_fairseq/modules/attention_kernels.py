@@ -13,7 +13,9 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
     dropout_p         float             attention dropout (0 outside training)
 
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
-all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention.
+all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention. A fourth,
+``fused`` (modules/fused_collab_attention.py, Triton), takes the shared queries and the mixing matrix instead of
+per-head queries, so the layer calls it itself; where it cannot run, the layer falls back to ``bmm``.
 """
 
 from typing import Dict, Optional, Tuple
@@ -134,6 +136,7 @@ def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn
 
 
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
+KERNEL_NAMES = [*KERNELS, "fused"]
 
 _FUTURE_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
 

@@ -42,7 +42,15 @@ from fairseq.modules.fairseq_dropout import FairseqDropout
 from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
-from collab_fairseq.modules.attention_kernels import KERNELS, attention_scores, explicit_attention, score_bias
+from collab_fairseq.modules.attention_kernels import (
+    KERNEL_NAMES,
+    KERNELS,
+    attention_scores,
+    bmm_attention,
+    explicit_attention,
+    is_future_mask,
+    score_bias,
+)
 
 MODES = ("collaborative", "concatenate")
 MIXING_INITS = ("concatenate", "normal", "xavier")
@@ -61,8 +69,8 @@ def check_layer_options(
         raise ValueError(f"unknown collaborative attention mode {mode!r}; choose one of {', '.join(MODES)}")
     if mixing_init not in MIXING_INITS:
         raise ValueError(f"unknown mixing init {mixing_init!r}; choose one of {', '.join(MIXING_INITS)}")
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNEL_NAMES)}")
     if not isinstance(key_dim, int) or key_dim <= 0:
         raise ValueError(f"key dimension D_k must be a positive integer, got {key_dim!r} (e.g. --collab-key-dim 128)")
     needs_split = mode == "concatenate" or mixing_init == "concatenate"
@@ -113,7 +121,8 @@ class CollaborativeMultiheadAttention(nn.Module):
             keeps its M.
         content_bias: keep the per-head key-dependent bias c(y) = y W_C (collaborative mode only).
         kernel: how attention is computed when no weights are returned, a name of
-            :data:`collab_fairseq.modules.attention_kernels.KERNELS` (the same function either way).
+            :data:`collab_fairseq.modules.attention_kernels.KERNEL_NAMES` (the same function either way;
+            ``fused`` runs where Triton can, on CUDA, and is ``bmm`` elsewhere).
     """
 
     def __init__(
@@ -349,7 +358,11 @@ class CollaborativeMultiheadAttention(nn.Module):
             scores = attention_scores(self._head_queries(q), self._head_keys(k), bias)
             return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
         if not need_weights:
-            kernel = KERNELS[self.kernel]
+            if self.kernel == "fused" and self.collaborative:
+                attn = self._fused_attention(q, k, content_bias, v, key_padding_mask, attn_mask)
+                if attn is not None:
+                    return self._output(attn, tgt_len, bsz), None
+            kernel = KERNELS.get(self.kernel, bmm_attention)
             dense = self.kernel != "folded"  # folded copies the queries anyway
             attn = kernel(
                 self._head_queries(q, dense=dense),
@@ -376,6 +389,24 @@ class CollaborativeMultiheadAttention(nn.Module):
         if not need_head_weights:
             weights = weights.mean(dim=0)
         return self._output(attn, tgt_len, bsz), weights
+
+    def _fused_attention(self, q, k, content_bias, v, key_padding_mask, attn_mask) -> Optional[Tensor]:
+        """The ``fused`` kernel on the shared queries (T x B x D_k) and keys (B x S x D_k): B x H x T x d_v, or
+        None where it cannot run (no Triton, CPU tensors outside Triton's interpreter, widths over 128, an
+        attention mask other than the future mask); the caller then takes ``bmm``."""
+        try:
+            from collab_fairseq.modules import fused_collab_attention as fused
+        except ImportError:  # no Triton: CPU-only torch
+            return None
+        causal = None if attn_mask is None else is_future_mask(attn_mask)
+        shared = q.transpose(0, 1)
+        dropout_p = self._dropout_p()
+        if not fused.supported(shared, v, causal, dropout_p):
+            return None
+        mixing = (self.mixing_matrix() * self.scaling).to(q.dtype)
+        return fused.fused_collab_attention(
+            shared, mixing, k, v, content_bias, key_padding_mask, bool(causal), dropout_p
+        )
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""
