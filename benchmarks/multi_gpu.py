@@ -6,14 +6,16 @@ CUDA_VISIBLE_DEVICES. Subcommands (each prints a markdown table last and writes 
 
   loss      training loss of the first --updates updates on N GPUs against 1 GPU with update-freq N:
             same seed, same batches, dropout 0, so only the order of floating-point sums differs
-  scaling   target words/s of the recipe on N GPUs over 1 GPU (median of the logging intervals after
-            --warmup updates), every run alone on the machine
+  scaling   target words/s of the recipe on each of --gpu-counts (e.g. 1,2,4) over 1 GPU (median of the
+            logging intervals after --warmup updates; median of --repeats runs), every run alone on the machine
   resume    SIGKILL one rank mid-run: the job must stop with an error, and re-running the same command must
             resume from the last checkpoint and finish
   evaluate  evaluate.sh sharded over N GPUs against 1 GPU: the hypotheses files must be identical
 
     python benchmarks/multi_gpu.py loss --data work/multi30k_en_de/bin --out results/multi_gpu/loss.json
-    python benchmarks/multi_gpu.py scaling --data work/multi30k_en_de/bin --updates 400 --warmup 200
+    python benchmarks/multi_gpu.py scaling --data work/multi30k_en_de/bin --updates 400 --warmup 200 \\
+        --gpu-counts 1,2,4 --repeats 3 --config "transformer:HEADS=transformer" \\
+        --config "collab_dk128:HEADS=collab KEY_DIM=128" --config "collab_dk64:HEADS=collab KEY_DIM=64"
     python benchmarks/multi_gpu.py resume --recipe recipes/multi30k_en_de/train.sh --kill-at 900 \\
         --config "collab_dk128:HEADS=collab KEY_DIM=128" --save-dir work/multi_gpu/resume_collab_dk128
     python benchmarks/multi_gpu.py evaluate --evaluate recipes/multi30k_en_de/evaluate.sh \\
@@ -164,48 +166,95 @@ def loss_check(args, configs, gpus):
     return {"gpus": n, "max_tokens": args.max_tokens, "fp32": args.fp32, "rows": rows}, table, ok
 
 
+def gpu_counts(spec, gpus):
+    """'1,2,4' -> [1, 2, 4] (default: 1 and all visible GPUs); refuses counts the machine does not have."""
+    counts = sorted({int(c) for c in spec.split(",")}) if spec else [1, len(gpus)]
+    if counts[0] != 1 or counts[-1] > len(gpus):
+        sys.exit(f"error: --gpu-counts {spec}: must start at 1 and stay within the {len(gpus)} visible GPUs")
+    return counts
+
+
+UPS = re.compile(r"(?:^|\s)ups=([\d.]+),.*?\bnum_updates=(\d+)")
+
+
+def median_wps(log_text, warmup, what):
+    samples = [w for u, (_, w) in intervals(log_text).items() if u > warmup]
+    if not samples:
+        raise RuntimeError(f"{what}: no interval after update {warmup}; raise --updates")
+    return statistics.median(samples)
+
+
+def median_ups(log_text, warmup):
+    """Updates per second, median of the logging intervals after ``warmup`` (None if the log has none)."""
+    samples = [float(m.group(1)) for m in UPS.finditer(log_text) if int(m.group(2)) > warmup]
+    return statistics.median(samples) if samples else None
+
+
 def scaling(args, configs, gpus):
-    n = len(gpus)
-
-    def env_for(_):
-        env = dict(MAX_UPDATE=str(args.updates), EXTRA="--no-save --disable-validation --log-interval 10")
-        if args.max_tokens:
-            env["MAX_TOKENS"] = str(args.max_tokens)
-        if args.tokens_per_update:
-            env["TOKENS_PER_UPDATE"] = str(args.tokens_per_update)
-        return env
-
-    logs = train_jobs(args, configs, gpus, "scaling", env_for, side_by_side=False)
+    """Words/s of each config on each GPU count, every run alone on the machine, --repeats times (repeats
+    interleaved, so drift spreads over all counts); the median repeat per (config, GPUs)."""
+    counts = gpu_counts(args.gpu_counts, gpus)
+    env = dict(MAX_UPDATE=str(args.updates), EXTRA="--no-save --disable-validation --log-interval 10")
+    if args.max_tokens:
+        env["MAX_TOKENS"] = str(args.max_tokens)
+    if args.tokens_per_update:
+        env["TOKENS_PER_UPDATE"] = str(args.tokens_per_update)
+    batches = []
+    for repeat in range(args.repeats):
+        for k in counts:
+            jobs = []
+            for name, cfg_env in configs:
+                save_dir = os.path.join(args.workdir, f"scaling_{name}_{k}gpu_r{repeat}")
+                shutil.rmtree(save_dir, ignore_errors=True)
+                os.makedirs(save_dir)
+                run_env = dict(cfg_env, DATA=args.data, SAVE_DIR=save_dir, SEED=str(args.seed), **env)
+                jobs.append(((name, k, repeat), args.recipe, run_env, f"{save_dir}/stdout.log"))
+            # alone on the machine, or (--share-machine) as many k-GPU runs at once as there are GPU groups of k
+            per_batch = len(gpus) // k if args.share_machine else 1
+            for i in range(0, len(jobs), per_batch):
+                group = enumerate(jobs[i : i + per_batch])
+                batches.append([(key, script, e, gpus[j * k : (j + 1) * k], log) for j, (key, script, e, log) in group])
+    logs = run_batches(batches)
     rows = []
     for name, _ in configs:
-        wps = {}
-        for k in (1, n):
-            samples = [w for u, (_, w) in intervals(logs[(name, k)]).items() if u > args.warmup]
-            if not samples:
-                raise RuntimeError(f"{name} on {k} GPU(s): no interval after update {args.warmup}; raise --updates")
-            wps[k] = statistics.median(samples)
-        batch = re.search(r"= (\d+) tokens/update", logs[(name, n)])
-        rows.append(
-            {
-                "config": name,
-                "wps_1gpu": wps[1],
-                f"wps_{n}gpu": wps[n],
-                "speedup": wps[n] / wps[1],
-                "efficiency": wps[n] / wps[1] / n,
-                "tokens_per_update": int(batch.group(1)) if batch else None,
-            }
-        )
+        per_count = {}
+        for k in counts:
+            repeats = [
+                median_wps(logs[(name, k, r)], args.warmup, f"{name} on {k} GPU(s)") for r in range(args.repeats)
+            ]
+            per_count[k] = repeats
+        one = statistics.median(per_count[1])
+        for k in counts:
+            wps = statistics.median(per_count[k])
+            batch = re.search(r"= (\d+) tokens/update", logs[(name, k, 0)])
+            ups = [median_ups(logs[(name, k, r)], args.warmup) for r in range(args.repeats)]
+            rows.append(
+                {"config": name, "gpus": k, "wps": wps, "wps_1gpu": one, "speedup": wps / one,
+                 "efficiency": wps / one / k, "repeats": per_count[k],
+                 "ups": statistics.median(ups) if None not in ups else None,
+                 "tokens_per_update": int(batch.group(1)) if batch else None}
+            )  # fmt: skip
     table = [
-        f"| config | tokens/update | words/s 1 GPU | words/s {n} GPUs | speed-up | efficiency |",
-        "|---|---|---|---|---|---|",
+        "| config | GPUs | tokens/update | words/s (median of repeats) | repeats | speed-up | efficiency |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        spread = " / ".join(f"{w:,.0f}" for w in r["repeats"])
         table.append(
-            f"| {r['config']} | {r['tokens_per_update']} | {r['wps_1gpu']:,.0f} | {r[f'wps_{n}gpu']:,.0f} "
+            f"| {r['config']} | {r['gpus']} | {r['tokens_per_update']} | {r['wps']:,.0f} | {spread} "
             f"| {r['speedup']:.2f}x | {r['efficiency']:.0%} |"
         )
-    ok = all(r["speedup"] >= args.target for r in rows)
-    return {"gpus": n, "updates": args.updates, "warmup": args.warmup, "rows": rows, "target": args.target}, table, ok
+    ok = all(r["speedup"] >= args.target for r in rows if r["gpus"] == counts[-1])
+    result = {"gpu_counts": counts, "updates": args.updates, "warmup": args.warmup, "repeats": args.repeats,
+              "share_machine": args.share_machine}  # fmt: skip
+    return dict(result, commit=_commit(), rows=rows, target=args.target), table, ok
+
+
+def _commit():
+    sys.path.insert(0, REPO)
+    from collab_fairseq.provenance import code_provenance
+
+    return code_provenance()
 
 
 def session_processes(session_id):
@@ -381,7 +430,15 @@ def main():
     p.add_argument("--warmup", type=int, default=200, help="updates excluded (speed ramps up over ~100 updates)")
     p.add_argument("--max-tokens", type=int, help="tokens per GPU per step (default: the recipe's)")
     p.add_argument("--tokens-per-update", type=int, help="effective batch (default: the recipe's)")
-    p.add_argument("--target", type=float, default=1.8, help="speed-up expected on all GPUs")
+    p.add_argument("--target", type=float, default=1.8, help="speed-up expected on the largest GPU count")
+    p.add_argument("--gpu-counts", help="e.g. 1,2,4 (default: 1 and all visible GPUs)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per (config, GPU count); the median is reported")
+    p.add_argument(
+        "--share-machine",
+        action="store_true",
+        help="run configs of one GPU count side by side on disjoint GPUs (4 one-GPU runs on 4 GPUs, ...): "
+        "~3x less machine time; they then share the host's CPUs and PCIe",
+    )
     p = sub.add_parser("resume", parents=[common])
     p.add_argument("--save-dir", required=True)
     p.add_argument("--kill-at", type=int, required=True, help="kill a rank once train.log shows this update")

@@ -6,13 +6,17 @@ Its ranks meet at a barrier every update, as fairseq's ranks meet in the gradien
 is killed the others cannot train on (without it rank 0 raced past the update the check read, under load).
 """
 
+import json
 import sys
 import types
+
+import pytest
 
 from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import multi_gpu  # noqa: E402
+import wmt14_cost  # noqa: E402
 
 FAKE_TRAIN = """
 import os, time, torch.multiprocessing as mp
@@ -74,3 +78,53 @@ def test_interval_lines_are_read_from_fairseq_logs():
     )
     valid = "epoch 001 | valid on 'valid' subset | loss 9.79 | nll_loss 9.1 | num_updates 53"
     assert multi_gpu.intervals(line + "\n" + valid) == {2: (13.761, 194.1)}
+
+
+SCALING_RECIPE = """n=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\\n' | wc -l)
+echo "gpus=$CUDA_VISIBLE_DEVICES"
+echo "[train] ... = 32768 tokens/update (target 32768)"
+for u in 10 20 30 40; do
+  echo "epoch 001: loss=1.000, nll_loss=1, wps=$((1000 * n + u)), ups=1, num_updates=$u, lr=1"
+done
+"""
+
+
+def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(tmp_path):
+    recipe = tmp_path / "train.sh"
+    recipe.write_text(SCALING_RECIPE)
+    args = types.SimpleNamespace(
+        gpu_counts="1,2,4", updates=40, warmup=15, max_tokens=None, tokens_per_update=None, repeats=3,
+        workdir=str(tmp_path / "work"), data="unused", seed=1, recipe=str(recipe), target=3.5, share_machine=False,
+    )  # fmt: skip
+    result, table, ok = multi_gpu.scaling(args, [("transformer", {})], ["0", "1", "2", "3"])
+    rows = {r["gpus"]: r for r in result["rows"]}
+    assert sorted(rows) == [1, 2, 4] and result["commit"]["code"]
+    assert rows[4]["repeats"] == [4030.0] * 3 and rows[4]["wps"] == 4030.0  # median of the intervals after 15
+    assert abs(rows[4]["speedup"] - 4030 / 1030) < 1e-9 and rows[4]["tokens_per_update"] == 32768
+    assert ok and len(table) == 2 + 3
+    assert rows[1]["ups"] == 1.0  # the stand-in logs ups=1
+    args.share_machine = True  # two configs: their 1- and 2-GPU runs side by side on disjoint GPUs
+    result, _, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
+    assert {(r["config"], r["gpus"], r["wps"]) for r in result["rows"]} == {
+        (c, k, 1000.0 * k + 30) for c in "ab" for k in (1, 2, 4)
+    }
+    work = tmp_path / "work"
+    assert "gpus=1\n" in (work / "scaling_b_1gpu_r0" / "stdout.log").read_text()  # beside a's run on GPU 0
+    assert "gpus=2,3\n" in (work / "scaling_b_2gpu_r0" / "stdout.log").read_text()
+    assert multi_gpu.gpu_counts("1,2", ["0", "1"]) == [1, 2]
+    with pytest.raises(SystemExit, match="within the 2 visible GPUs"):
+        multi_gpu.gpu_counts("1,4", ["0", "1"])
+
+
+def test_wmt14_cost_turns_updates_per_second_into_hours_and_marks_extrapolation(tmp_path, capsys):
+    scaling = {
+        "rows": [{"config": "transformer", "gpus": 1, "ups": 0.5}, {"config": "transformer", "gpus": 4, "ups": 1.6}]
+    }
+    rows = {r["gpus"]: r for r in wmt14_cost.cost_rows(scaling, 36_000, extrapolate=[8])}
+    assert rows[1]["hours"] == 20.0 and rows[1]["gpu_hours"] == 20.0
+    assert rows[4]["hours"] == 6.25 and rows[4]["gpu_hours"] == 25.0 and rows[4]["measured"]
+    assert rows[8]["efficiency_assumed"] == 0.8 and rows[8]["hours"] == 36_000 / (0.5 * 8 * 0.8) / 3600
+    path = tmp_path / "scaling.json"
+    path.write_text(json.dumps({"rows": [{"config": "collab", "gpus": 1, "wps": 1.0}]}))
+    with pytest.raises(SystemExit, match="no updates/s"):
+        wmt14_cost.main([str(path)])
