@@ -34,7 +34,7 @@ def main():
         else:
             bm, bn, warps, stages = config
 
-            def blocks(dim, value_dim, bm=bm, bn=bn, warps=warps, stages=stages):
+            def blocks(dim, value_dim, tgt_len=None, bm=bm, bn=bn, warps=warps, stages=stages):
                 return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=kernel._pow2(dim), BLOCK_DV=kernel._pow2(value_dim),
                             num_warps=warps, num_stages=stages)  # fmt: skip
 

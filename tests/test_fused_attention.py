@@ -53,6 +53,7 @@ CASES = {
     "causal self-attention, widths not powers of two": (2, 3, 37, 37, 24, 20, True, True, False),
     "several tiles each way, no content bias": (1, 2, 70, 70, 32, 16, True, False, True),
     "one decoding step": (3, 4, 1, 9, 16, 16, False, True, True),
+    "short causal self-attention (16-row query tiles)": (2, 4, 9, 9, 16, 16, True, True, True),
 }
 
 

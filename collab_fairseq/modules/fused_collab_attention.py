@@ -231,12 +231,14 @@ def _backward_queries(Q, M, K, V, C, PAD, DO, LSE, DELTA, DQ, DM_PARTS,
              mask=(offs_m[:, None] < T) & (offs_d[None, :] < D))  # fmt: skip
 
 
-def _blocks(dim: int, value_dim: int):
+def _blocks(dim: int, value_dim: int, tgt_len: int = 64):
     """Tiles and launch settings: the best of benchmarks/fused_kernel_tune.py on an H100 (8 x 4096 tokens, fp16,
-    8 heads, d_v 64; results/performance.md)."""
+    8 heads, d_v 64; results/performance.md). A few queries (a decoding step: T = 1) take the smallest query tile
+    instead of a 64-row tile that would be almost all padding."""
     block_d, block_dv = _pow2(dim), _pow2(value_dim)
     stages = 2 if max(block_d, block_dv) <= 64 else 3
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=4, num_stages=stages)
+    block_m = 16 if tgt_len <= 16 else 64
+    return dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=4, num_stages=stages)
 
 
 class _FusedCollabAttention(torch.autograd.Function):
@@ -246,7 +248,7 @@ class _FusedCollabAttention(torch.autograd.Function):
         heads, src_len, value_dim = v.shape[1:]
         out = torch.empty(bsz, heads, tgt_len, value_dim, dtype=v.dtype, device=v.device)
         lse = torch.empty(bsz, heads, tgt_len, dtype=torch.float32, device=q.device)
-        blocks = _blocks(dim, value_dim)
+        blocks = _blocks(dim, value_dim, tgt_len)
         c = content_bias if content_bias is not None else q.new_zeros(1, 1, 1)
         pad = key_padding if key_padding is not None else q.new_zeros(1, 1, dtype=torch.uint8)
         args = _strides(q, mixing, k, v, c, pad, out) + (heads, tgt_len, src_len, dim, value_dim, dropout_p, seed)
