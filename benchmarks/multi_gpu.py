@@ -251,10 +251,11 @@ def scaling(args, configs, gpus):
 
 
 def _commit():
-    sys.path.insert(0, REPO)
-    from collab_fairseq.provenance import code_provenance
-
-    return code_provenance()
+    """collab_fairseq/provenance.py's record of this checkout (run as a file: stdlib only, no fairseq import)."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "collab_fairseq", "provenance.py")], capture_output=True, text=True
+    )
+    return json.loads(out.stdout) if out.returncode == 0 else None
 
 
 def session_processes(session_id):

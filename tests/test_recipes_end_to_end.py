@@ -22,6 +22,23 @@ TINY = (
 )
 
 
+def _tiny_recipe_env(raw, bin_dir, max_update, extra=TINY, **more):
+    """train.sh / evaluate.sh environment for the tiny mapped-copy task (fp32, one 2048-token batch per update)."""
+    return dict(
+        DATA=str(bin_dir),
+        FP16="0",
+        MAX_UPDATE=str(max_update),
+        WARMUP="5",
+        MAX_TOKENS="2048",
+        TOKENS_PER_UPDATE="2048",
+        EXTRA=extra,
+        REFERENCE=str(raw / "test.tgt"),
+        REMOVE_BPE="none",
+        GENERATE_ARGS="--max-len-a 0 --max-len-b 5",
+        **more,
+    )
+
+
 def _bash(script, env):
     proc = subprocess.run(["bash", str(REPO / script)], env={**os.environ, **env}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
@@ -98,23 +115,17 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     raw, bin_dir = copy_data
     tiny = TINY.replace("--num-workers 0", "--num-workers 0 --log-interval 1")
     runs = tmp_path / "runs"
-    env = dict(
-        DATA=str(bin_dir),
-        FP16="0",
-        MAX_UPDATE="6",
-        WARMUP="5",
-        MAX_TOKENS="2048",
-        TOKENS_PER_UPDATE="2048",
-        EXTRA=tiny,
+    env = _tiny_recipe_env(
+        raw,
+        bin_dir,
+        6,
+        tiny,
         WARM_START_EXTRA=tiny,
         WARM_START="3",
         PATIENCE="50",
         RUNS_DIR=str(runs),
         TABLE="",
         PLOT="",
-        REFERENCE=str(raw / "test.tgt"),
-        REMOVE_BPE="none",
-        GENERATE_ARGS="--max-len-a 0 --max-len-b 5",
     )
     proc = subprocess.run(
         ["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1", "transformer:32:1"],
@@ -262,18 +273,7 @@ def test_reparametrize_recipe_goes_to_tiny_key_dims_error_targets_and_uniform_at
     """lib/reparametrize.sh: D_k down to 4 (one per head), per-layer error targets, uniform-attention controls;
     every variant scored with its D_k, tag and source in bleu.json."""
     raw, bin_dir = copy_data
-    env = dict(
-        DATA=str(bin_dir),
-        FP16="0",
-        MAX_UPDATE="20",
-        WARMUP="5",
-        MAX_TOKENS="2048",
-        TOKENS_PER_UPDATE="2048",
-        EXTRA=TINY,
-        REFERENCE=str(raw / "test.tgt"),
-        REMOVE_BPE="none",
-        GENERATE_ARGS="--max-len-a 0 --max-len-b 5",
-    )
+    env = _tiny_recipe_env(raw, bin_dir, 20)
     source = tmp_path / "transformer"
     _bash("recipes/multi30k_en_de/train.sh", {**env, "HEADS": "transformer", "SAVE_DIR": str(source)})
     _bash("recipes/multi30k_en_de/evaluate.sh", {**env, "SAVE_DIR": str(source)})
@@ -290,4 +290,5 @@ def test_reparametrize_recipe_goes_to_tiny_key_dims_error_targets_and_uniform_at
     assert all(layer["relative_error"] <= 0.5 for layer in layers)
     assert scored["reparam_err0.5"]["key_dim"] == round(sum(layer["key_dim"] for layer in layers) / len(layers))
     assert {r["source"] for r in scored.values()} == {"transformer"}
+    assert {(r["heads"], r["key_dim"]) for n, r in scored.items() if n.startswith("uniform")} == {("transformer", 32)}
     assert proc.stderr.count("[reparam]") == 5

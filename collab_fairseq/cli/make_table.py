@@ -31,7 +31,8 @@ NO_CONTENT_BIAS = re.compile(r"collaborative attention: .*?content_bias=False")
 def read_train_log(path):
     """-> dict(params, wps (mean over epochs), updates, best_valid_loss, collab_attentions, content_bias) from a
     fairseq-train log."""
-    info = {"params": None, "wps": None, "updates": None, "best_valid_loss": None, "collab_attentions": None}
+    info = {"params": None, "wps": None, "updates": None, "best_valid_loss": None, "collab_attentions": None,
+            "content_bias": True}  # fmt: skip
     if not os.path.exists(path):
         return info
     text = open(path, encoding="utf-8", errors="replace").read()
@@ -45,7 +46,7 @@ def read_train_log(path):
         info["best_valid_loss"] = min(float(v) for v in m)
     if m := COLLAB_ATTENTIONS.findall(text):
         info["collab_attentions"] = m[-1].split(",")
-        info["content_bias"] = not NO_CONTENT_BIAS.search(text)  # logged since 2026-11-27; before: assumed on
+        info["content_bias"] = not NO_CONTENT_BIAS.search(text)  # logged since 2026-11-27; older logs: on
     return info
 
 

@@ -52,6 +52,29 @@ def _pow2(n: int) -> int:
 
 
 @triton.jit
+def _tile(ptr, rows, cols, row_stride, n_rows, n_cols):
+    """Load a len(rows) x len(cols) tile of a row-major matrix (last stride 1), zeros outside n_rows x n_cols."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, rows, cols, row_stride, n_rows, n_cols, value):
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    tl.store(ptr + rows[:, None] * row_stride + cols[None, :], value, mask=mask)
+
+
+@triton.jit
+def _key_end(pid_m, S, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """End of the keys a query tile attends to: with the future mask, none after the tile's last query."""
+    end = S
+    if CAUSAL:
+        if (pid_m + 1) * BLOCK_M < S:
+            end = (pid_m + 1) * BLOCK_M
+    return end
+
+
+@triton.jit
 def _scores(qh, k, c_ptr, pad_ptr, offs_m, offs_n, T, S, HAS_CB: tl.constexpr, HAS_PAD: tl.constexpr,
             CAUSAL: tl.constexpr):  # fmt: skip
     """Scores of a BLOCK_M x BLOCK_N tile (fp32) and where they are valid."""
@@ -87,23 +110,17 @@ def _forward(Q, M, K, V, C, PAD, OUT, LSE,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sq_b + offs_m[:, None] * sq_t + offs_d[None, :],
-                mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
+    q = _tile(Q + b * sq_b, offs_m, offs_d, sq_t, T, D)
     m = tl.load(M + h * sm_h + offs_d, mask=offs_d < D, other=0.0)
     qh = (q.to(tl.float32) * m.to(tl.float32)[None, :]).to(q.dtype)  # head h's query, in registers only
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    end = S
-    if CAUSAL:  # keys after the tile's last query are all masked
-        if (pid_m + 1) * BLOCK_M < S:
-            end = (pid_m + 1) * BLOCK_M
+    end = _key_end(pid_m, S, BLOCK_M, CAUSAL)
     for start_n in range(0, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = tl.load(K + b * sk_b + offs_n[:, None] * sk_s + offs_d[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
-        v = tl.load(V + b * sv_b + h * sv_h + offs_n[:, None] * sv_s + offs_dv[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < DV), other=0.0)  # fmt: skip
+        k = _tile(K + b * sk_b, offs_n, offs_d, sk_s, S, D)
+        v = _tile(V + b * sv_b + h * sv_h, offs_n, offs_dv, sv_s, S, DV)
         s, valid = _scores(qh, k, C + b * sc_b + h * sc_h, PAD + b * sp_b, offs_m, offs_n, T, S, HAS_CB, HAS_PAD,
                            CAUSAL)  # fmt: skip
         new_max = tl.maximum(row_max, tl.max(s, 1))
@@ -119,8 +136,7 @@ def _forward(Q, M, K, V, C, PAD, OUT, LSE,
     empty = row_sum == 0.0  # every key masked: output 0, and +inf log-sum-exp makes the backward's p = 0
     out = acc / tl.where(empty, 1.0, row_sum)[:, None]
     lse = tl.where(empty, float("inf"), row_max + tl.log(row_sum))
-    tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :], out.to(OUT.dtype.element_ty),
-             mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV))  # fmt: skip
+    _store_tile(OUT + b * so_b + h * so_h, offs_m, offs_dv, so_t, T, DV, out.to(OUT.dtype.element_ty))
     tl.store(LSE + bh * T + offs_m, lse, mask=offs_m < T)
 
 
@@ -137,8 +153,7 @@ def _backward_keys(Q, M, K, V, C, PAD, DO, LSE, DELTA, DK, DV_OUT, DC,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + b * sk_b + offs_n[:, None] * sk_s + offs_d[None, :],
-                mask=(offs_n[:, None] < S) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
+    k = _tile(K + b * sk_b, offs_n, offs_d, sk_s, S, D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     start = 0
     if CAUSAL:
@@ -146,21 +161,18 @@ def _backward_keys(Q, M, K, V, C, PAD, DO, LSE, DELTA, DK, DV_OUT, DC,
     for h in range(0, H):
         bh = b * H + h
         m = tl.load(M + h * sm_h + offs_d, mask=offs_d < D, other=0.0).to(tl.float32)
-        v = tl.load(V + b * sv_b + h * sv_h + offs_n[:, None] * sv_s + offs_dv[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < DV), other=0.0)  # fmt: skip
+        v = _tile(V + b * sv_b + h * sv_h, offs_n, offs_dv, sv_s, S, DV)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
         dc = tl.zeros([BLOCK_N], tl.float32)
         for start_m in range(start, T, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            q = tl.load(Q + b * sq_b + offs_m[:, None] * sq_t + offs_d[None, :],
-                        mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
+            q = _tile(Q + b * sq_b, offs_m, offs_d, sq_t, T, D)
             qh = (q.to(tl.float32) * m[None, :]).to(q.dtype)
             s, valid = _scores(qh, k, C + b * sc_b + h * sc_h, PAD + b * sp_b, offs_m, offs_n, T, S, HAS_CB,
                                HAS_PAD, CAUSAL)  # fmt: skip
             lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=float("inf"))
             p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-            do = tl.load(DO + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :],
-                         mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV), other=0.0)  # fmt: skip
+            do = _tile(DO + b * so_b + h * so_h, offs_m, offs_dv, so_t, T, DV)
             dp = tl.dot(do, tl.trans(v))
             if DROPOUT:
                 keep = _keep(seed, bh, offs_m, offs_n, T, S, dropout_p)
@@ -172,12 +184,10 @@ def _backward_keys(Q, M, K, V, C, PAD, DO, LSE, DELTA, DK, DV_OUT, DC,
             ds = p * (dp - delta[:, None])
             dc += tl.sum(ds, 0)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), qh)
-        tl.store(DV_OUT + b * sv_b + h * sv_h + offs_n[:, None] * sv_s + offs_dv[None, :], dv.to(V.dtype.element_ty),
-                 mask=(offs_n[:, None] < S) & (offs_dv[None, :] < DV))  # fmt: skip
+        _store_tile(DV_OUT + b * sv_b + h * sv_h, offs_n, offs_dv, sv_s, S, DV, dv.to(V.dtype.element_ty))
         if HAS_CB:
             tl.store(DC + bh * S + offs_n, dc, mask=offs_n < S)
-    tl.store(DK + b * sk_b + offs_n[:, None] * sk_s + offs_d[None, :], dk.to(K.dtype.element_ty),
-             mask=(offs_n[:, None] < S) & (offs_d[None, :] < D))  # fmt: skip
+    _store_tile(DK + b * sk_b, offs_n, offs_d, sk_s, S, D, dk.to(K.dtype.element_ty))
 
 
 @triton.jit
@@ -193,28 +203,21 @@ def _backward_queries(Q, M, K, V, C, PAD, DO, LSE, DELTA, DQ, DM_PARTS,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sq_b + offs_m[:, None] * sq_t + offs_d[None, :],
-                mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
+    q = _tile(Q + b * sq_b, offs_m, offs_d, sq_t, T, D)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    end = S
-    if CAUSAL:  # keys after the tile's last query are all masked
-        if (pid_m + 1) * BLOCK_M < S:
-            end = (pid_m + 1) * BLOCK_M
+    end = _key_end(pid_m, S, BLOCK_M, CAUSAL)
     for h in range(0, H):
         bh = b * H + h
         m = tl.load(M + h * sm_h + offs_d, mask=offs_d < D, other=0.0).to(tl.float32)
         qh = (q.to(tl.float32) * m[None, :]).to(q.dtype)
-        do = tl.load(DO + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :],
-                     mask=(offs_m[:, None] < T) & (offs_dv[None, :] < DV), other=0.0)  # fmt: skip
+        do = _tile(DO + b * so_b + h * so_h, offs_m, offs_dv, so_t, T, DV)
         lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=float("inf"))
         delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
         dqh = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start_n in range(0, end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * sk_b + offs_n[:, None] * sk_s + offs_d[None, :],
-                        mask=(offs_n[:, None] < S) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
-            v = tl.load(V + b * sv_b + h * sv_h + offs_n[:, None] * sv_s + offs_dv[None, :],
-                        mask=(offs_n[:, None] < S) & (offs_dv[None, :] < DV), other=0.0)  # fmt: skip
+            k = _tile(K + b * sk_b, offs_n, offs_d, sk_s, S, D)
+            v = _tile(V + b * sv_b + h * sv_h, offs_n, offs_dv, sv_s, S, DV)
             s, valid = _scores(qh, k, C + b * sc_b + h * sc_h, PAD + b * sp_b, offs_m, offs_n, T, S, HAS_CB,
                                HAS_PAD, CAUSAL)  # fmt: skip
             p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
@@ -227,8 +230,7 @@ def _backward_queries(Q, M, K, V, C, PAD, DO, LSE, DELTA, DQ, DM_PARTS,
         dq += dqh * m[None, :]
         dm = tl.sum(dqh * q.to(tl.float32), 0)  # rows past T hold q = 0
         tl.store(DM_PARTS + ((pid_m * tl.num_programs(1) + b) * H + h) * D + offs_d, dm, mask=offs_d < D)
-    tl.store(DQ + b * sq_b + offs_m[:, None] * sq_t + offs_d[None, :], dq.to(Q.dtype.element_ty),
-             mask=(offs_m[:, None] < T) & (offs_d[None, :] < D))  # fmt: skip
+    _store_tile(DQ + b * sq_b, offs_m, offs_d, sq_t, T, D, dq.to(Q.dtype.element_ty))
 
 
 def _blocks(dim: int, value_dim: int, tgt_len: int = 64):
@@ -249,8 +251,9 @@ class _FusedCollabAttention(torch.autograd.Function):
         out = torch.empty(bsz, heads, tgt_len, value_dim, dtype=v.dtype, device=v.device)
         lse = torch.empty(bsz, heads, tgt_len, dtype=torch.float32, device=q.device)
         blocks = _blocks(dim, value_dim, tgt_len)
-        c = content_bias if content_bias is not None else q.new_zeros(1, 1, 1)
-        pad = key_padding if key_padding is not None else q.new_zeros(1, 1, dtype=torch.uint8)
+        # q stands in for an absent content bias or padding mask: a pointer the kernels never read
+        c = content_bias if content_bias is not None else q
+        pad = key_padding if key_padding is not None else q
         args = _strides(q, mixing, k, v, c, pad, out) + (heads, tgt_len, src_len, dim, value_dim, dropout_p, seed)
         flags = dict(HAS_CB=content_bias is not None, HAS_PAD=key_padding is not None, CAUSAL=causal,
                      DROPOUT=dropout_p > 0)  # fmt: skip

@@ -13,11 +13,11 @@ set -euo pipefail
 : "${RECIPE_DIR:?}"; : "${SOURCE:?set SOURCE to a trained run directory}"; : "${OUT_DIR:?}"
 [[ -s "$SOURCE/checkpoint_best.pt" ]] || { echo "error: $SOURCE/checkpoint_best.pt not found: train the source first" >&2; exit 1; }
 SOURCE_NAME=$(basename "$SOURCE")
-score() {  # RUN_DIR HEADS KEY_DIM TAG: evaluate the run's checkpoint_best.pt into its bleu.json, print the BLEU
-  local run="$1" heads="$2" key_dim="$3" tag="$4" name
+score() {  # RUN_DIR HEADS KEY_DIM TAG [FINETUNE_UPDATES]: evaluate RUN_DIR/checkpoint_best.pt into its bleu.json
+  local run="$1" heads="$2" key_dim="$3" tag="$4" updates="${5:-0}" name
   name=$(basename "$run")
   if [[ ! -s "$run/bleu.json" ]]; then
-    META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": 1, \"tag\": \"$tag\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": 0}" \
+    META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": 1, \"tag\": \"$tag\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": $updates}" \
       SAVE_DIR="$run" "$RECIPE_DIR/evaluate.sh" >/dev/null
   fi
   echo "[reparam] $name: $(python3 -c "import json; print(json.load(open('$run/bleu.json'))['sacrebleu'])") BLEU" >&2
@@ -37,20 +37,25 @@ for e in ${MAX_ERRORS:-}; do
   mean_key_dim=$(python3 -c "import json; r = json.load(open('$OUT_DIR/reparam_err$e/reparametrize.json'))['layers']; print(round(sum(x['key_dim'] for x in r) / len(r)))")
   score "$OUT_DIR/reparam_err$e" collab "$mean_key_dim" "_reparam_err$e"  # D_k: the mean over layers
 done
+if [[ -n "${UNIFORM:-}" ]]; then  # the uniform copies keep the source's heads: its kind and full D_k
+  read -r SOURCE_HEADS SOURCE_KEY_DIM < <(python3 -c "
+from collab_fairseq.reparam.convert_checkpoint import load_checkpoint, model_args
+args = model_args(load_checkpoint('$SOURCE/checkpoint_best.pt'))
+concat = getattr(args, 'collab_mode', None) == 'concatenate'
+print('concat' if concat else 'transformer', (concat and args.collab_key_dim) or args.encoder_embed_dim)")
+fi
 for attentions in ${UNIFORM:-}; do
   run="$OUT_DIR/uniform_$attentions" tag="_uniform_$attentions"; mkdir -p "$run"
   [[ "$attentions" == all ]] && attentions=encoder_self,decoder_self,encoder_decoder
   [[ -s "$run/checkpoint_best.pt" ]] || python3 -m collab_fairseq.cli.uniform_attention "$SOURCE/checkpoint_best.pt" \
     "$run/checkpoint_best.pt" --attentions "$attentions" --force >/dev/null
-  score "$run" transformer 512 "$tag"  # the source's own heads
+  score "$run" "$SOURCE_HEADS" "$SOURCE_KEY_DIM" "$tag"
 done
 for d in ${FINETUNE_DIMS:-}; do
   ft="$OUT_DIR/reparam_dk${d}_ft${FINETUNE_UPDATES:?}"
   if [[ ! -s "$ft/bleu.json" ]]; then
     WARM_START= HEADS=collab KEY_DIM="$d" SAVE_DIR="$ft" MAX_UPDATE="$FINETUNE_UPDATES" LR="${FINETUNE_LR:?}" WARMUP="${FINETUNE_WARMUP:?}" \
       EXTRA="${EXTRA:-} --finetune-from-model $OUT_DIR/reparam_dk$d/checkpoint_best.pt" "$RECIPE_DIR/train.sh" >/dev/null
-    META="{\"run\": \"reparam_dk${d}_ft\", \"heads\": \"collab\", \"key_dim\": $d, \"seed\": 1, \"tag\": \"_reparam_ft$FINETUNE_UPDATES\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": $FINETUNE_UPDATES}" \
-      SAVE_DIR="$ft" "$RECIPE_DIR/evaluate.sh" >/dev/null
   fi
-  echo "[reparam] D_k=$d + $FINETUNE_UPDATES updates: $(python3 -c "import json; print(json.load(open('$ft/bleu.json'))['sacrebleu'])") BLEU" >&2
+  score "$ft" collab "$d" "_reparam_ft$FINETUNE_UPDATES" "$FINETUNE_UPDATES"
 done
