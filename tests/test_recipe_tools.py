@@ -134,6 +134,17 @@ def test_closed_form_attention_parameters_count_only_the_collaborative_attention
     assert make_table.closed_form_attention_params(row, (512, 4, 18)) == 18 * (collab - 512 * 4)
 
 
+def test_the_plot_draws_one_transformer_line_per_tag_so_controls_do_not_drag_the_baseline():
+    rows = [
+        {"heads": "transformer", "tag": "_uniform_all", "sacrebleu": 2.0},
+        {"heads": "transformer", "tag": "_transformer_u7200", "sacrebleu": 38.0},
+        {"heads": "transformer", "tag": "_transformer_u7200", "sacrebleu": 39.0},
+        {"heads": "collab", "tag": "_reparam", "key_dim": 64, "sacrebleu": 39.3},
+    ]
+    assert make_table.baselines(rows) == {"transformer u7200": 38.5, "transformer uniform_all": 2.0}
+    assert make_table.baselines([{"heads": "transformer", "sacrebleu": 37.0}]) == {"transformer": 37.0}
+
+
 def test_make_table_refuses_rows_of_other_code_and_names_the_stale_ones(tmp_path, capsys):
     _fixture_run(tmp_path, "transformer_dk512_s1", "transformer", 512, 1, 36.0, [4.1], 35_639_296)
     _fixture_run(tmp_path, "collab_dk128_s1", "collab", 128, 1, 30.0, [4.3], 28_589_056, code="0123456789abcdef")

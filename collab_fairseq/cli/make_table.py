@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 from collections import defaultdict
+from typing import Dict
 
 from collab_fairseq.provenance import code_hash
 
@@ -174,6 +175,17 @@ def table(rows, code_column: bool = False):
     return "\n".join(lines) + "\n"
 
 
+def baselines(rows) -> Dict[str, float]:
+    """Horizontal lines of the plot: mean BLEU of the transformer rows per tag ('transformer', or e.g.
+    'transformer uniform_all' for a control), the untagged/first-seen tag first."""
+    by_tag = defaultdict(list)
+    for r in sorted(rows, key=lambda r: "uniform" in (r.get("tag") or "")):
+        if r.get("heads") == "transformer":
+            by_tag[r.get("tag") or ""].append(r["sacrebleu"])
+    names = {tag: re.sub(r"^transformer_", "", tag.lstrip("_")) for tag in by_tag}
+    return {f"transformer {names[tag]}".strip(): statistics.mean(b) for tag, b in by_tag.items()}
+
+
 def plot(rows, path):
     import logging
 
@@ -200,9 +212,8 @@ def plot(rows, path):
             label=f"{heads} {tag.lstrip('_')}".strip(),
             capsize=3,
         )
-    base = [r["sacrebleu"] for r in rows if r.get("heads") == "transformer"]
-    if base:
-        ax.axhline(statistics.mean(base), color="gray", linestyle="--", label="transformer")
+    for i, (label, bleu) in enumerate(baselines(rows).items()):
+        ax.axhline(bleu, color="gray" if i == 0 else f"C{i + 3}", linestyle="--" if i == 0 else ":", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("key/query dimension D_k")
     ax.set_ylabel("test BLEU")
