@@ -4,15 +4,16 @@
 # Hardware: CPU only (2 idle cores: ~2 min data prep, ~4 min for 600 updates, ~1 min translation); a fixed number
 # of updates, so a slower machine takes longer but gets the same model.
 # usage: bash quickstart.sh [--raw-dir ../shared/data/multi30k_en_de]   (without it, Multi30k is downloaded)
-#   env: UPDATES (600), KEY_DIM (32), WORK (work/quickstart)
+#   env: UPDATES (600), KEY_DIM (32), SEED (1), WORK (work/quickstart)
 set -euo pipefail
 cd "$(dirname "$0")"
 WORK="${WORK:-work/quickstart}"
 UPDATES="${UPDATES:-600}"
 KEY_DIM="${KEY_DIM:-32}"
+SEED="${SEED:-1}"
 bash data-prep/prepare-multi30k-en-de.sh --out-dir work/multi30k_en_de --workers 2 "$@"
 
-RUN="$WORK/collab_dk$KEY_DIM"
+RUN="$WORK/collab_dk${KEY_DIM}_s$SEED"
 mkdir -p "$RUN"
 echo "[quickstart] training transformer_collab (D_k=$KEY_DIM, 2+2 layers, 128 dims) for $UPDATES updates on CPU" >&2
 python3 -m fairseq_cli.train work/multi30k_en_de/bin --user-dir collab_fairseq --arch transformer_collab \
@@ -22,7 +23,7 @@ python3 -m fairseq_cli.train work/multi30k_en_de/bin --user-dir collab_fairseq -
   --lr-scheduler inverse_sqrt --warmup-updates 100 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
   --max-tokens 4096 --max-update "$UPDATES" \
   --save-dir "$RUN" --no-epoch-checkpoints --validate-interval-updates 100 --log-format simple --log-interval 20 \
-  --no-progress-bar --seed 1 --num-workers 0 2>&1 | tee "$RUN/train.log" |
+  --no-progress-bar --seed "$SEED" --num-workers 0 2>&1 | tee "$RUN/train.log" |
   awk -v total="$UPDATES" '/num_updates=/ {  # a line per 20 updates: progress, loss, time left
       match($0, /num_updates=[0-9]+/); u = substr($0, RSTART + 12, RLENGTH - 12)
       match($0, /loss=[0-9.]+/); loss = substr($0, RSTART + 5, RLENGTH - 5)

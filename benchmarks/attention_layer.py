@@ -153,7 +153,7 @@ def main():
                 {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms,
                  "peak_bytes": peak, "memory_ratio": peak / base_bytes, "flop_ratio": flop_ratio}
             )  # fmt: skip
-            for impl in ("sdpa", "bmm", "folded", "fused"):
+            for impl in ("sdpa", "bmm", "folded", "fused", "mixgemm"):
                 err, ok = agree(layer, impl, x, padding, dtype, tol)
                 row = {"shape": shape, "layer": f"ours ({impl})", "key_dim": key_dim, "max_rel_error": err}
                 if ok:

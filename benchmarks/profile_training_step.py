@@ -27,6 +27,7 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from torch.profiler import ProfilerActivity, profile
 
+BACKWARD_NODE = "autograd::engine::evaluate_function: "
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report them
     (
@@ -123,12 +124,17 @@ def profile_config(name, flags, data_dir, args, device):
             step(sample)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    kernels = defaultdict(float)
+    kernels, launchers = defaultdict(float), defaultdict(float)
     for event in prof.key_averages():
         if device.type == "cuda":
             us = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
             if us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
                 kernels[event.key] += us
+            elif us > 0:  # a CPU-side op (aten::mul, ...): the device time of the kernels it launched itself
+                launchers[event.key] += us
+            backward = event.key.startswith(BACKWARD_NODE) and event.device_type != torch.autograd.DeviceType.CUDA
+            if backward and getattr(event, "device_time_total", 0) > 0:  # inclusive: what that backward node ran
+                launchers[event.key.replace(BACKWARD_NODE, "backward: ")] += event.device_time_total
         elif event.key.startswith("aten::") and event.self_cpu_time_total > 0:
             kernels[event.key] += event.self_cpu_time_total
     per_step_ms = {k: us / 1000 / args.steps for k, us in kernels.items()}
@@ -142,6 +148,10 @@ def profile_config(name, flags, data_dir, args, device):
         "ms_per_step": sum(per_step_ms.values()),
         "groups_ms": dict(groups),
         "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[: args.top],
+        "kernels_ms": dict(sorted(per_step_ms.items(), key=lambda kv: -kv[1])),
+        # which op launched the time: aten ops (forward and backward together) and, inclusive, each autograd
+        # backward node ("backward: MulBackward0"), so a kernel's time can be traced to the layer's code
+        "ops_ms": {k: us / 1000 / args.steps for k, us in sorted(launchers.items(), key=lambda kv: -kv[1])},
     }
 
 
@@ -212,6 +222,17 @@ def main():
         print(f"\n{r['config']}: top kernels (ms/step)")
         for kernel, ms in r["top_kernels_ms"]:
             print(f"  {ms:8.3f}  {kernel[:110]}")
+    for r in rows[1:]:
+        print(f"\n{r['config']} against {rows[0]['config']}: ops whose device time differs most (ms/step)")
+        for op, ours, theirs in op_differences(r["ops_ms"], rows[0]["ops_ms"])[: args.top]:
+            print(f"  {ours - theirs:+8.3f}  ({ours:.3f} vs {theirs:.3f})  {op[:90]}")
+
+
+def op_differences(ours, baseline):
+    """[(op, our ms, baseline ms)] over both configurations' ops, the largest |difference| first."""
+    ops = set(ours) | set(baseline)
+    rows = [(op, ours.get(op, 0.0), baseline.get(op, 0.0)) for op in ops]
+    return sorted(rows, key=lambda r: -abs(r[1] - r[2]))
 
 
 if __name__ == "__main__":

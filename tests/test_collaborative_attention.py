@@ -40,7 +40,8 @@ def _causal(t):
 @pytest.mark.parametrize("mode", ["collaborative", "concatenate"])
 @pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
 @pytest.mark.parametrize(
-    "need_weights,kernel", [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded"), (False, "fused")]
+    "need_weights,kernel",
+    [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded"), (False, "fused"), (False, "mixgemm")],
 )
 def test_matches_fairseq_multihead_attention(kind, mode, need_weights, kernel):
     ref, ours = _pair(kind, mode)
@@ -107,7 +108,7 @@ def _random_layer(kind, key_dim=12, mode="collaborative", mixing_init="normal"):
     return layer
 
 
-@pytest.mark.parametrize("kernel", ["bmm", "folded", "fused"])
+@pytest.mark.parametrize("kernel", ["bmm", "folded", "fused", "mixgemm"])
 @pytest.mark.parametrize(
     "mode,mixing_init,key_dim", [("collaborative", "normal", 12), ("concatenate", "concatenate", 8)]
 )
@@ -194,7 +195,10 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=10, mixing_init="concatenate"), "multiple of 4"),
         (dict(key_dim=8, mode="grouped"), "unknown collaborative attention mode"),
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
-        (dict(key_dim=8, kernel="flash"), "unknown attention kernel 'flash'; choose one of bmm, sdpa, folded, fused"),
+        (
+            dict(key_dim=8, kernel="flash"),
+            "unknown attention kernel 'flash'; choose one of bmm, sdpa, folded, fused, mixgemm",
+        ),
     ],
 )
 def test_bad_layer_arguments_are_rejected(kwargs, match):
@@ -211,11 +215,11 @@ def test_gradients_reach_mixing_and_content_bias():
     assert layer.content_bias.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "folded"])
+@pytest.mark.parametrize("kernel", ["sdpa", "folded", "mixgemm"])
 @pytest.mark.parametrize("mode,key_dim", [("collaborative", 12), ("concatenate", 8)])
 def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim, kernel):
-    """With kernel="sdpa" or "folded", need_weights=False takes scaled_dot_product_attention; it must
-    train exactly like the explicit path."""
+    """With kernel="sdpa" or "folded", need_weights=False takes scaled_dot_product_attention, with "mixgemm" the
+    token-major GEMMs; each must train exactly like the explicit path."""
     layer = _random_layer("self", key_dim, mode, "normal" if mode == "collaborative" else "concatenate")
     layer.kernel = kernel
     query, _, padding = _inputs("self")

@@ -17,7 +17,7 @@ from tests.helpers import REPO, TINY_MODEL
 sys.path.insert(0, str(REPO / "benchmarks"))
 import decode_step_counts  # noqa: E402
 import step_flops  # noqa: E402
-from profile_training_step import write_dict  # noqa: E402
+from profile_training_step import op_differences, write_dict  # noqa: E402
 
 E, H, LAYERS, D_K, SENTENCES, TOKENS = 64, 4, 2 * 3, 32, 4, 8  # TINY_MODEL: 2+2 layers -> 6 attention layers
 
@@ -67,3 +67,14 @@ def test_decode_step_counts_read_the_cache_each_architecture_keeps():
     assert base["cache_bytes_per_hypothesis"] == 2 * cached * (E + E) * 2
     assert collab["cache_bytes_per_hypothesis"] == 2 * cached * (D_K + H + E) * 2  # shared keys, bias, values
     assert 0 < collab["flops_per_hypothesis"] < base["flops_per_hypothesis"]
+
+
+def test_the_profile_lines_up_each_op_with_the_baseline_largest_difference_first():
+    ours = {"aten::mul": 0.9, "aten::bmm": 0.5, "backward: MulBackward0": 0.4}
+    baseline = {"aten::bmm": 0.6, "aten::_flash_attention_forward": 0.3}
+    assert op_differences(ours, baseline) == [
+        ("aten::mul", 0.9, 0.0),
+        ("backward: MulBackward0", 0.4, 0.0),
+        ("aten::_flash_attention_forward", 0.0, 0.3),
+        ("aten::bmm", 0.5, 0.6),
+    ]

@@ -77,7 +77,8 @@ class CollabAttentionConfig(FairseqDataclass):
             "all heads' queries against the shared keys, then softmax), sdpa (torch's fused attention, the "
             "content bias and padding as a mask), folded (fused attention with no mask: content bias and "
             "padding folded into extra key dims), fused (one Triton kernel, forward and backward, that writes neither "
-            "per-head queries nor scores; CUDA only, elsewhere bmm); the same function, results/performance.md "
+            "per-head queries nor scores; CUDA only, elsewhere bmm), mixgemm (bmm with the per-head queries made by "
+            "one GEMM with the mixing matrix, token-major scores); the same function, results/performance.md "
             "times them"
         },
     )

@@ -13,9 +13,11 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
     dropout_p         float             attention dropout (0 outside training)
 
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
-all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention. A fourth,
-``fused`` (modules/fused_collab_attention.py, Triton), takes the shared queries and the mixing matrix instead of
-per-head queries, so the layer calls it itself; where it cannot run, the layer falls back to ``bmm``.
+all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention. Two more take
+the shared queries and the mixing matrix instead of per-head queries, so the layer calls them itself:
+``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major) and ``fused``
+(modules/fused_collab_attention.py, Triton); for concatenated heads, and where ``fused`` cannot run, the layer
+takes ``bmm``.
 """
 
 from typing import Dict, Optional, Tuple
@@ -135,8 +137,38 @@ def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn
     )
 
 
+def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+    """The ``mixgemm`` kernel: ``bmm``'s arithmetic for collaborative heads, laid out token-major.
+
+    shared   B x T x D    the shared queries (D = D_k)
+    mixing   H x D        m_h, the attention scaling folded in
+    keys     B x S x D    values, content_bias, masks, dropout_p and the result as for the other kernels
+
+    The per-head queries q_t * m_h come out of one GEMM of the shared queries with the block row
+    [diag(m_1) ... diag(m_H)] (D x H*D), already in the B x (T*H) x D layout the score GEMM reads. ``bmm`` builds
+    them by a broadcast product over B x H x T x D, and that product and its two backward reductions are
+    elementwise passes over H*D values per token; here they are GEMMs (and m's gradient the diagonals of one).
+    The scores come out B x T x H x S, and only the probabilities (H*S values per token, fewer than H*D at MT
+    lengths) are transposed for P @ V.
+    """
+    bsz, tgt_len, dim = shared.shape
+    heads, src_len = mixing.size(0), keys.size(1)
+    blocks = torch.diag_embed(mixing).transpose(0, 1).reshape(dim, heads * dim)  # [d, h*D + d] = m[h, d]
+    queries = torch.matmul(shared, blocks).view(bsz, tgt_len * heads, dim)
+    scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, tgt_len, heads, src_len)
+    bias = score_bias(content_bias, key_padding_mask, attn_mask, scores.dtype)
+    if bias is not None:
+        scores = scores + bias.transpose(1, 2)  # B|1 x H|1 x T|1 x S -> the scores' B x T x H x S
+    probs = utils.softmax(scores, dim=-1).type_as(scores)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs.transpose(1, 2), values)
+
+
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
-KERNEL_NAMES = [*KERNELS, "fused"]
+# these two take the shared queries and the mixing matrix, so the layer calls them itself
+SHARED_QUERY_KERNELS = {"mixgemm": mixing_gemm_attention}
+KERNEL_NAMES = [*KERNELS, "fused", *SHARED_QUERY_KERNELS]
 
 _FUTURE_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
 

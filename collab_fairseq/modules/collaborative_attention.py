@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from collab_fairseq.modules.attention_kernels import (
     KERNEL_NAMES,
     KERNELS,
+    SHARED_QUERY_KERNELS,
     attention_scores,
     bmm_attention,
     explicit_attention,
@@ -285,11 +286,10 @@ class CollaborativeMultiheadAttention(nn.Module):
             # first (B x T x D_k): the product then comes out B x H x T x D_k in memory; from the strided T x B
             # slice it would come out T-major and the GEMM's reshape would copy all H heads' queries again.
             # (One decoding step, T = 1, needs no copy.)
-            mixing = self.mixing_matrix() * self.scaling
             shared = q.transpose(0, 1)
             if dense and tgt_len > 1:
                 shared = shared.contiguous()
-            return shared.unsqueeze(1) * mixing.to(q.dtype)[None, :, None, :]
+            return shared.unsqueeze(1) * self._scaled_mixing(q.dtype)[None, :, None, :]
         return (q * self.scaling).view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
 
     def _head_keys(self, k: Tensor) -> Tensor:
@@ -362,6 +362,13 @@ class CollaborativeMultiheadAttention(nn.Module):
                 attn = self._fused_attention(q, k, content_bias, v, key_padding_mask, attn_mask)
                 if attn is not None:
                     return self._output(attn, tgt_len, bsz), None
+            if self.kernel in SHARED_QUERY_KERNELS and self.collaborative:
+                shared = q.transpose(0, 1).contiguous()  # B x T x D_k (no copy for one decoding step)
+                attn = SHARED_QUERY_KERNELS[self.kernel](
+                    shared, self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, attn_mask,
+                    self._dropout_p(),
+                )  # fmt: skip
+                return self._output(attn, tgt_len, bsz), None
             kernel = KERNELS.get(self.kernel, bmm_attention)
             dense = self.kernel != "folded"  # folded copies the queries anyway
             attn = kernel(
@@ -403,10 +410,13 @@ class CollaborativeMultiheadAttention(nn.Module):
         dropout_p = self._dropout_p()
         if not fused.supported(shared, v, causal, dropout_p):
             return None
-        mixing = (self.mixing_matrix() * self.scaling).to(q.dtype)
         return fused.fused_collab_attention(
-            shared, mixing, k, v, content_bias, key_padding_mask, bool(causal), dropout_p
+            shared, self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, bool(causal), dropout_p
         )
+
+    def _scaled_mixing(self, dtype) -> Tensor:
+        """M times the attention scaling (H x D_k): row h turns a shared query into head h's query."""
+        return (self.mixing_matrix() * self.scaling).to(dtype)
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""
