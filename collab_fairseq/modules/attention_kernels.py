@@ -149,7 +149,8 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     them by a broadcast product over B x H x T x D, and that product and its two backward reductions are
     elementwise passes over H*D values per token; here they are GEMMs (and m's gradient the diagonals of one).
     The scores come out B x T x H x S, and only the probabilities (H*S values per token, fewer than H*D at MT
-    lengths) are transposed for P @ V.
+    lengths) are transposed for P @ V. That copy is as large as the scores, so at long lengths this kernel needs
+    more memory than ``bmm``; ``fused`` is the one for long sequences.
     """
     bsz, tgt_len, dim = shared.shape
     heads, src_len = mixing.size(0), keys.size(1)
