@@ -154,8 +154,11 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     """
     bsz, tgt_len, dim = shared.shape
     heads, src_len = mixing.size(0), keys.size(1)
-    blocks = torch.diag_embed(mixing).transpose(0, 1).reshape(dim, heads * dim)  # [d, h*D + d] = m[h, d]
-    queries = torch.matmul(shared, blocks).view(bsz, tgt_len * heads, dim)
+    if tgt_len == 1:  # a decoding step: H x D values per sentence, where one product is cheaper than a GEMM
+        queries = shared * mixing  # B x 1 x D times H x D -> B x H x D
+    else:
+        blocks = torch.diag_embed(mixing).transpose(0, 1).reshape(dim, heads * dim)  # [d, h*D + d] = m[h, d]
+        queries = torch.matmul(shared, blocks).view(bsz, tgt_len * heads, dim)
     scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, tgt_len, heads, src_len)
     bias = score_bias(content_bias, key_padding_mask, attn_mask, scores.dtype)
     if bias is not None:
