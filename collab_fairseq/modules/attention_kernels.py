@@ -169,10 +169,29 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     return torch.matmul(probs.transpose(1, 2), values)
 
 
+def fused_attention(
+    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p
+) -> Optional[Tensor]:
+    """The ``fused`` kernel (modules/fused_collab_attention.py, Triton; arguments as for ``mixgemm``), or None
+    where it cannot run: no Triton (CPU-only torch), CPU tensors outside Triton's interpreter, widths over 128,
+    an attention mask other than the future mask. The layer then takes ``bmm``."""
+    try:
+        from collab_fairseq.modules import fused_collab_attention as fused
+    except ImportError:
+        return None
+    causal = None if attn_mask is None else is_future_mask(attn_mask)
+    if not fused.supported(shared, values, causal, dropout_p):
+        return None
+    return fused.fused_collab_attention(
+        shared, mixing, keys, values, content_bias, key_padding_mask, bool(causal), dropout_p
+    )
+
+
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
-# these two take the shared queries and the mixing matrix, so the layer calls them itself
-SHARED_QUERY_KERNELS = {"mixgemm": mixing_gemm_attention}
-KERNEL_NAMES = [*KERNELS, "fused", *SHARED_QUERY_KERNELS]
+# these take the shared queries (B x T x D_k) and the scaled mixing matrix, so the layer calls them itself;
+# a None result means "cannot run these inputs", and the layer takes bmm
+SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention}
+KERNEL_NAMES = [*KERNELS, *SHARED_QUERY_KERNELS]
 
 _FUTURE_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
 

@@ -49,7 +49,6 @@ from collab_fairseq.modules.attention_kernels import (
     attention_scores,
     bmm_attention,
     explicit_attention,
-    is_future_mask,
     score_bias,
 )
 
@@ -358,17 +357,13 @@ class CollaborativeMultiheadAttention(nn.Module):
             scores = attention_scores(self._head_queries(q), self._head_keys(k), bias)
             return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
         if not need_weights:
-            if self.kernel == "fused" and self.collaborative:
-                attn = self._fused_attention(q, k, content_bias, v, key_padding_mask, attn_mask)
-                if attn is not None:
-                    return self._output(attn, tgt_len, bsz), None
             if self.kernel in SHARED_QUERY_KERNELS and self.collaborative:
-                shared = q.transpose(0, 1).contiguous()  # B x T x D_k (no copy for one decoding step)
                 attn = SHARED_QUERY_KERNELS[self.kernel](
-                    shared, self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, attn_mask,
+                    q.transpose(0, 1), self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, attn_mask,
                     self._dropout_p(),
                 )  # fmt: skip
-                return self._output(attn, tgt_len, bsz), None
+                if attn is not None:  # None: the kernel cannot run these inputs; bmm below can
+                    return self._output(attn, tgt_len, bsz), None
             kernel = KERNELS.get(self.kernel, bmm_attention)
             dense = self.kernel != "folded"  # folded copies the queries anyway
             attn = kernel(
@@ -396,23 +391,6 @@ class CollaborativeMultiheadAttention(nn.Module):
         if not need_head_weights:
             weights = weights.mean(dim=0)
         return self._output(attn, tgt_len, bsz), weights
-
-    def _fused_attention(self, q, k, content_bias, v, key_padding_mask, attn_mask) -> Optional[Tensor]:
-        """The ``fused`` kernel on the shared queries (T x B x D_k) and keys (B x S x D_k): B x H x T x d_v, or
-        None where it cannot run (no Triton, CPU tensors outside Triton's interpreter, widths over 128, an
-        attention mask other than the future mask); the caller then takes ``bmm``."""
-        try:
-            from collab_fairseq.modules import fused_collab_attention as fused
-        except ImportError:  # no Triton: CPU-only torch
-            return None
-        causal = None if attn_mask is None else is_future_mask(attn_mask)
-        shared = q.transpose(0, 1)
-        dropout_p = self._dropout_p()
-        if not fused.supported(shared, v, causal, dropout_p):
-            return None
-        return fused.fused_collab_attention(
-            shared, self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, bool(causal), dropout_p
-        )
 
     def _scaled_mixing(self, dtype) -> Tensor:
         """M times the attention scaling (H x D_k): row h turns a shared query into head h's query."""

@@ -141,6 +141,22 @@ def _forward(Q, M, K, V, C, PAD, OUT, LSE,
 
 
 @triton.jit
+def _score_grads(qh, k, v, do, lse, delta, c_ptr, pad_ptr, seed, bh, offs_m, offs_n, T, S, dropout_p,
+                 HAS_CB: tl.constexpr, HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr):  # fmt: skip
+    """Both backward kernels' recomputation of one BLOCK_M x BLOCK_N tile: the probabilities as P @ V used them
+    (after dropout) and the scores' gradient dS = P * (dP - delta), fp32."""
+    s, valid = _scores(qh, k, c_ptr, pad_ptr, offs_m, offs_n, T, S, HAS_CB, HAS_PAD, CAUSAL)
+    p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    used = p
+    if DROPOUT:
+        keep = _keep(seed, bh, offs_m, offs_n, T, S, dropout_p)
+        used = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+    return used, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _backward_keys(Q, M, K, V, C, PAD, DO, LSE, DELTA, DK, DV_OUT, DC,
                    sq_b, sq_t, sm_h, sk_b, sk_s, sv_b, sv_h, sv_s, sc_b, sc_h, sp_b, so_b, so_h, so_t,
                    H, T, S, D, DV, dropout_p, seed,
@@ -168,20 +184,12 @@ def _backward_keys(Q, M, K, V, C, PAD, DO, LSE, DELTA, DK, DV_OUT, DC,
             offs_m = start_m + tl.arange(0, BLOCK_M)
             q = _tile(Q + b * sq_b, offs_m, offs_d, sq_t, T, D)
             qh = (q.to(tl.float32) * m[None, :]).to(q.dtype)
-            s, valid = _scores(qh, k, C + b * sc_b + h * sc_h, PAD + b * sp_b, offs_m, offs_n, T, S, HAS_CB,
-                               HAS_PAD, CAUSAL)  # fmt: skip
             lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=float("inf"))
-            p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-            do = _tile(DO + b * so_b + h * so_h, offs_m, offs_dv, so_t, T, DV)
-            dp = tl.dot(do, tl.trans(v))
-            if DROPOUT:
-                keep = _keep(seed, bh, offs_m, offs_n, T, S, dropout_p)
-                dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - dropout_p), 0.0).to(do.dtype)), do)
-                dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-            else:
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
             delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
-            ds = p * (dp - delta[:, None])
+            do = _tile(DO + b * so_b + h * so_h, offs_m, offs_dv, so_t, T, DV)
+            p, ds = _score_grads(qh, k, v, do, lse, delta, C + b * sc_b + h * sc_h, PAD + b * sp_b, seed, bh, offs_m,
+                                 offs_n, T, S, dropout_p, HAS_CB, HAS_PAD, CAUSAL, DROPOUT)  # fmt: skip
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
             dc += tl.sum(ds, 0)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), qh)
         _store_tile(DV_OUT + b * sv_b + h * sv_h, offs_n, offs_dv, sv_s, S, DV, dv.to(V.dtype.element_ty))
@@ -218,14 +226,8 @@ def _backward_queries(Q, M, K, V, C, PAD, DO, LSE, DELTA, DQ, DM_PARTS,
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k = _tile(K + b * sk_b, offs_n, offs_d, sk_s, S, D)
             v = _tile(V + b * sv_b + h * sv_h, offs_n, offs_dv, sv_s, S, DV)
-            s, valid = _scores(qh, k, C + b * sc_b + h * sc_h, PAD + b * sp_b, offs_m, offs_n, T, S, HAS_CB,
-                               HAS_PAD, CAUSAL)  # fmt: skip
-            p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v))
-            if DROPOUT:
-                keep = _keep(seed, bh, offs_m, offs_n, T, S, dropout_p)
-                dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-            ds = p * (dp - delta[:, None])
+            _, ds = _score_grads(qh, k, v, do, lse, delta, C + b * sc_b + h * sc_h, PAD + b * sp_b, seed, bh, offs_m,
+                                 offs_n, T, S, dropout_p, HAS_CB, HAS_PAD, CAUSAL, DROPOUT)  # fmt: skip
             dqh += tl.dot(ds.to(k.dtype), k)
         dq += dqh * m[None, :]
         dm = tl.sum(dqh * q.to(tl.float32), 0)  # rows past T hold q = 0
