@@ -225,6 +225,26 @@ def test_the_warm_start_plan_is_transformer_then_conversion_then_collaborative_c
     assert len(proc.stdout.strip().splitlines()) == 1 and "--warmup-init-lr 1e-07" in proc.stdout
 
 
+def test_the_collaborative_phase_starts_at_the_fp16_loss_scale_the_transformer_phase_reached(tmp_path):
+    """A fresh fairseq-train starts its fp16 scaler at 128 and skips updates on overflow until it finds the scale
+    again; the warm start's second phase continues at the scale collab-reparametrize read from the first phase's
+    checkpoint instead, and an explicit --fp16-init-scale in EXTRA still wins."""
+    run = tmp_path / "run"
+    (run / "warm_start").mkdir(parents=True)
+    report = {"key_dim": 64, "source_fp16_loss_scale": 8.0, "layers": []}
+    (run / "warm_start" / "reparametrize.json").write_text(json.dumps(report))
+    env = dict(HEADS="collab", KEY_DIM="64", NGPU="1", SAVE_DIR=str(run), DATA=str(tmp_path / "bin"))
+    collab = _dry_run("recipes/multi30k_en_de/train.sh", **env).stdout.strip().splitlines()[-1]
+    assert _flag(collab, "--fp16-init-scale") == "8" and "--fp16 " in collab
+    collab = _dry_run("recipes/multi30k_en_de/train.sh", **env, EXTRA="--fp16-init-scale 4").stdout.splitlines()[-1]
+    assert re.findall(r"--fp16-init-scale (\S+)", collab) == ["8", "4"]  # argparse keeps the last one
+    collab = _dry_run("recipes/multi30k_en_de/train.sh", **env, FP16="0").stdout.splitlines()[-1]
+    assert "--fp16" not in collab  # fp32 training has no loss scale
+    report["source_fp16_loss_scale"] = None  # the transformer phase did not train in fp16
+    (run / "warm_start" / "reparametrize.json").write_text(json.dumps(report))
+    assert "--fp16-init-scale" not in _dry_run("recipes/multi30k_en_de/train.sh", **env).stdout
+
+
 def test_the_collaborative_phase_continues_the_warm_up_where_the_transformer_stopped():
     phase = collaborative_phase(lr=1e-3, warmup=1000, warm_start=600, max_update=1800)
     assert phase == {"WARMUP_INIT_LR": 0.0006, "WARMUP_UPDATES": 400, "MAX_UPDATE": 1200}

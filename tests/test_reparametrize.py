@@ -38,6 +38,8 @@ def test_reduced_key_dim_checkpoint_generates_and_fine_tunes(copy_data, transfor
     report = tmp_path / "report.json"
     assert reparametrize.main([str(transformer_checkpoint), str(out), "--key-dim", "16", "--report", str(report)]) == 0
     assert torch.load(out, map_location="cpu")["model"]["decoder.layers.1.encoder_attn.q_proj.weight"].shape == (16, 64)
+    assert __import__("json").load(open(report))["source_fp16_loss_scale"] is None  # trained in fp32
+    assert reparametrize.fp16_loss_scale({"last_optimizer_state": {"loss_scale": 16.0, "state": {}}}) == 16.0
     gen = fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
     assert "Generate test with beam=2" in gen
     train = _finetune(bin_dir, out, tmp_path / "ft", "--max-update", "3")

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -27,6 +28,14 @@ from collab_fairseq.reparam.convert_checkpoint import (
     reparametrize_checkpoint,
     save_atomically,
 )
+
+
+def fp16_loss_scale(state: dict) -> Optional[float]:
+    """The fp16 loss scale the checkpoint's training had reached (fairseq's FP16Optimizer saves it with the
+    optimizer state), or None (not fp16). The warm start's collaborative phase starts from it: a fresh fairseq-train
+    run would start at 128 and skip updates finding it again (results/performance.md, fp16 loss scale)."""
+    scale = (state.get("last_optimizer_state") or {}).get("loss_scale")
+    return None if scale is None else float(scale)
 
 
 def parse_args(argv=None):
@@ -96,7 +105,16 @@ def main(argv=None):
     print(f"{len(report)} layers at D_k {dims} on {device}: mean relative error {mean:.4f} -> {args.output}")
     if args.report:
         with open(args.report, "w") as f:
-            json.dump({"key_dim": args.key_dim, "device": device, "layers": report}, f, indent=1)
+            json.dump(
+                {
+                    "key_dim": args.key_dim,
+                    "device": device,
+                    "source_fp16_loss_scale": fp16_loss_scale(state),
+                    "layers": report,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

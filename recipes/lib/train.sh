@@ -6,7 +6,8 @@
 #   ARCH_FAMILY    iwslt_de_en | wmt_en_de | ...           HEADS      transformer | collab | concat
 #   KEY_DIM        D_k (collab/concat)                     ATTENTIONS encoder_self,decoder_self,encoder_decoder
 #   MIXING_INIT    concatenate | normal | xavier           SEED       random seed
-#   KERNEL         collaborative attention kernel (bmm | sdpa | folded; --collab-attention-kernel)
+#   KERNEL         collaborative attention kernel (--collab-attention-kernel: bmm | mixgemm | fused | sdpa | folded;
+#                  unset: the model's default)
 #   MAX_UPDATE, LR, WARMUP, DROPOUT, WEIGHT_DECAY, CLIP_NORM
 #   PATIENCE       train to convergence: stop once N validations in a row did not improve the validation loss
 #                  (fairseq's --patience; MAX_UPDATE stays the cap)
@@ -17,7 +18,8 @@
 #   WARM_START     U (collab only): the paper's re-parametrization route within the same budget: train fairseq's
 #                  transformer for U updates, collab-reparametrize it to D_k, then train the collaborative model
 #                  for MAX_UPDATE - U updates, continuing the warm-up where it stopped (U < WARMUP;
-#                  collab_fairseq/cli/warm_start_schedule.py)
+#                  collab_fairseq/cli/warm_start_schedule.py); with FP16 the second phase starts at the loss
+#                  scale the first one reached
 #   WARM_START_EXTRA  fairseq-train flags of that transformer phase (EXTRA goes to the collaborative phase)
 #   DRY_RUN=1      print the batch plan and the commands, run nothing
 # GPUs: every visible GPU (CUDA_VISIBLE_DEVICES) through fairseq's distributed training (NCCL);
@@ -53,7 +55,7 @@ fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [m
     local mode=collaborative; [[ "$heads" == concat ]] && mode=concatenate
     model=(--arch "transformer_collab_${ARCH_FAMILY}" --collab-key-dim "$KEY_DIM" --collab-mode "$mode"
            --collab-attentions "$ATTENTIONS" --collab-mixing-init "${MIXING_INIT:-concatenate}"
-           --collab-attention-kernel "${KERNEL:-bmm}")
+           ${KERNEL:+--collab-attention-kernel "$KERNEL"})
   fi
   local options=(); [[ "${FP16:-1}" == 1 ]] && options+=(--fp16); [[ -n "$patience" ]] && options+=(--patience "$patience")
   local cmd=(python3 -m fairseq_cli.train "$DATA" --user-dir "$REPO/collab_fairseq" "${model[@]}"
@@ -98,4 +100,14 @@ if [[ ! -s "$SAVE_DIR/checkpoint_last.pt" && ! -s "$INIT" ]]; then
   if [[ "$DRY_RUN" == 1 ]]; then echo "${reparam[*]}"; else "${reparam[@]}"; fi
 fi
 START=(--finetune-from-model "$INIT"); [[ -s "$SAVE_DIR/checkpoint_last.pt" ]] && START=()  # resuming
-fairseq_train "$SAVE_DIR" collab "$MAX_UPDATE" "$WARMUP_UPDATES" "$WARMUP_INIT_LR" "${PATIENCE:-}" ${EXTRA:-} "${START[@]}"
+# fp16: continue at the loss scale the transformer phase reached (collab-reparametrize's report keeps it); a fresh
+# scaler would start at 128 and skip updates finding it again (results/performance.md, fp16 loss scale).
+# EXTRA comes after it, so an explicit --fp16-init-scale there wins.
+SCALE=()
+if [[ "${FP16:-1}" == 1 && -s "$SAVE_DIR/warm_start/reparametrize.json" ]]; then
+  SCALE=($(python3 -c 'import json, sys
+s = json.load(open(sys.argv[1])).get("source_fp16_loss_scale")
+print("" if s is None else f"--fp16-init-scale {max(1, int(s))}")' "$SAVE_DIR/warm_start/reparametrize.json"))
+fi
+fairseq_train "$SAVE_DIR" collab "$MAX_UPDATE" "$WARMUP_UPDATES" "$WARMUP_INIT_LR" "${PATIENCE:-}" "${SCALE[@]}" \
+  ${EXTRA:-} "${START[@]}"
