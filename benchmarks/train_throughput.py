@@ -1,11 +1,15 @@
 """Training throughput of transformer_collab against fairseq's transformer, measured side by side.
 
-Runs ``fairseq-train`` once per configuration, one after the other, on the same binarized data with the
-same flags, and reports target words/s (fairseq's ``wps``, median over the logging intervals after the
-warm-up updates) and peak GPU memory (torch.cuda.max_memory_allocated at exit) as ratios to the first
-configuration (the baseline). ``--collab-attention-kernel sdpa`` in a config's flags picks another kernel.
+Runs ``fairseq-train`` once per configuration and repeat, on the same binarized data with the same flags,
+the configurations interleaved (A B C, A B C, ...) so that a machine's drift between repeats hits all of them,
+and reports target words/s and peak GPU memory (torch.cuda.max_memory_allocated at exit) as ratios to the first
+configuration (the baseline). A run's words/s is the median of fairseq's ``wps`` over its logging intervals after
+the warm-up updates (short intervals: on a small corpus an epoch boundary stalls one interval, and the median
+leaves it out); a configuration's is the median over repeats, and the ratio's spread is the range of the
+per-repeat ratios (each run against the baseline's run of the same repeat).
+``--collab-attention-kernel mixgemm`` in a config's flags picks a kernel.
 
-    python benchmarks/train_throughput.py DATA_BIN --out results/throughput_wmt_en_de.json \
+    python benchmarks/train_throughput.py DATA_BIN --repeats 3 --out results/throughput_wmt_en_de.json \
         --config "transformer:--arch transformer_wmt_en_de" \
         --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128"
 """
@@ -24,8 +28,7 @@ import time
 COMMON = (
     "--share-all-embeddings --optimizer adam --adam-betas (0.9,0.98) --lr 7e-4 --lr-scheduler inverse_sqrt "
     "--warmup-updates 4000 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1 "
-    "--fp16 --max-tokens 16384 --seed 1 --disable-validation --no-save --log-format simple --log-interval 50 "
-    "--no-progress-bar"
+    "--fp16 --max-tokens 16384 --seed 1 --disable-validation --no-save --log-format simple --no-progress-bar"
 )
 WPS = re.compile(r"wps=([\d.]+).*num_updates=(\d+)")
 PEAK = re.compile(r"PEAK_CUDA_BYTES (\d+)")
@@ -38,8 +41,9 @@ WRAPPER = (
 )
 
 
-def measure(data, name, flags, max_update, warmup, user_dir):
+def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
     cmd = [sys.executable, "-c", WRAPPER, data, "--user-dir", user_dir, "--max-update", str(max_update)]
+    cmd += ["--log-interval", str(log_interval)]
     cmd += shlex.split(COMMON) + shlex.split(flags)
     start = time.time()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -67,32 +71,69 @@ def main():
     parser.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")
     parser.add_argument("--max-update", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=100, help="updates excluded from the measurement")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, interleaved")
+    parser.add_argument("--log-interval", type=int, default=10, help="updates per wps sample")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
-    user_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
-    rows = []
-    for spec in args.config:
-        name, _, flags = spec.partition(":")
-        rows.append(measure(args.data, name, flags, args.max_update, args.warmup, os.path.abspath(user_dir)))
-        print(f"{name}: {rows[-1]['wps_median']:.0f} wps", file=sys.stderr, flush=True)
-    base = rows[0]["wps_median"]
-    for row in rows:
-        row["ratio"] = row["wps_median"] / base
-        if rows[0]["peak_gpu_bytes"] and row["peak_gpu_bytes"]:
-            row["memory_ratio"] = row["peak_gpu_bytes"] / rows[0]["peak_gpu_bytes"]
-    if args.out:
-        tmp = tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.out)), delete=False)
-        json.dump({"rows": rows, "common_flags": COMMON, "max_update": args.max_update}, tmp, indent=1)
-        tmp.close()
-        os.replace(tmp.name, args.out)
+    user_dir = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq"))
+    configs = [spec.partition(":")[::2] for spec in args.config]
+    runs = {name: [] for name, _ in configs}
+    common = {"common_flags": COMMON, "max_update": args.max_update, "warmup": args.warmup}
+    common.update(log_interval=args.log_interval, repeats=args.repeats)
+    for repeat in range(args.repeats):
+        for name, flags in configs:
+            run = measure(args.data, name, flags, args.max_update, args.warmup, user_dir, args.log_interval)
+            runs[name].append(run)
+            print(f"repeat {repeat + 1} {name}: {run['wps_median']:.0f} wps", file=sys.stderr, flush=True)
+        rows = summarize(configs, {name: own for name, own in runs.items() if own})
+        if args.out:  # after every repeat: a run cut short keeps the repeats it finished
+            write_json(args.out, {"rows": rows, **common, "repeats_done": repeat + 1})
+    print(f"{args.repeats} repeat(s); words/s: median over repeats; ratio: median (range) of the per-repeat ratios")
     print("| config | params | target words/s | speed ratio | peak GPU memory GiB | memory ratio |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         gib = (row["peak_gpu_bytes"] or 0) / 2**30
+        spread = f" ({min(row['ratios']):.3f}-{max(row['ratios']):.3f})" if len(row["ratios"]) > 1 else ""
         print(
-            f"| {row['name']} | {row['params']:,} | {row['wps_median']:,.0f} | {row['ratio']:.3f} "
+            f"| {row['name']} | {row['params']:,} | {row['wps_median']:,.0f} | {row['ratio']:.3f}{spread} "
             f"| {gib:.2f} | {row.get('memory_ratio', float('nan')):.3f} |"
         )
+
+
+def write_json(path, result):
+    tmp = tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(path)), delete=False)
+    json.dump(result, tmp, indent=1)
+    tmp.close()
+    os.replace(tmp.name, path)
+
+
+def summarize(configs, runs):
+    """One row per configuration: the median words/s over its runs, the per-repeat ratios to the baseline (the
+    first configuration's run of the same repeat), their median, and the peak memory ratio (largest peak)."""
+    base_runs = runs[configs[0][0]]
+    rows = []
+    for name, flags in configs:
+        if name not in runs:
+            continue
+        own = runs[name]
+        ratios = [run["wps_median"] / base["wps_median"] for run, base in zip(own, base_runs)]
+        peaks = [run["peak_gpu_bytes"] for run in own if run["peak_gpu_bytes"]]
+        row = {
+            "name": name,
+            "flags": flags,
+            "params": own[0]["params"],
+            "wps_median": statistics.median(run["wps_median"] for run in own),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+            "peak_gpu_bytes": max(peaks) if peaks else None,
+            "runs": own,
+        }
+        rows.append(row)
+    base_peak = rows[0]["peak_gpu_bytes"]
+    for row in rows:
+        if base_peak and row["peak_gpu_bytes"]:
+            row["memory_ratio"] = row["peak_gpu_bytes"] / base_peak
+    return rows
 
 
 if __name__ == "__main__":
