@@ -7,7 +7,7 @@ queries against the shared keys; folded; fused: the Triton kernel), at D_k in {5
 (sentences x tokens): time, peak memory of forward + backward, and the FLOP ratio in closed form (every
 collaborative head scores over all D_k dimensions: H x D_k multiply-adds per query-key pair, against the
 standard layer's H x d_k = E), the ceiling of the speed ratio at long sequences.
-Before timing, each of our paths is checked against the naive formulation on the same weights and
+Before timing, each of our paths is checked against the naive formulation in float32 on the same weights and
 inputs (outputs and gradients); a path that disagrees is not timed. Also measures the incremental
 decoding key cache (bytes per sentence per step) against fairseq's.
 
@@ -33,9 +33,10 @@ def naive_collab(layer: CollaborativeMultiheadAttention, x, padding):
     """The paper-code formulation: per-head copies of the keys, explicit scores + content bias + softmax."""
     tgt, bsz, _ = x.shape
     q, k, v = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
-    mixed_q = q.transpose(0, 1)[:, None] * layer.mixing_matrix()[None, :, None, :]  # B H T D_k
+    # scaled before the product: unscaled scores overflow fp16 at 4096 tokens
+    mixed_q = q.transpose(0, 1)[:, None] * (layer.mixing_matrix() * layer.scaling)[None, :, None, :]  # B H T D_k
     keys = k.transpose(0, 1)[:, None].expand(-1, HEADS, -1, -1).contiguous()  # B H S D_k, one copy per head
-    scores = torch.matmul(mixed_q, keys.transpose(-1, -2)) * layer.scaling
+    scores = torch.matmul(mixed_q, keys.transpose(-1, -2))
     scores = scores + layer.content_bias(x).permute(1, 2, 0)[:, :, None, :]
     scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
     probs = F.softmax(scores.float(), dim=-1).type_as(scores)
@@ -77,19 +78,20 @@ def timed(fn, x, iters, warmup=5):
 
 
 def agree(layer, impl, x, padding, dtype, tol):
-    """Relative error of our path vs the naive formulation (output and every gradient)."""
+    """Relative error of our path (autocast to dtype) vs the naive formulation in float32 (output and every
+    gradient)."""
 
-    def run(fn):
+    def run(fn, autocast):
         layer.zero_grad()
         xx = x.detach().clone().requires_grad_()
-        with torch.autocast("cuda", dtype=dtype):
+        with torch.autocast("cuda", dtype=dtype, enabled=autocast):
             out = fn(xx)
         out.float().pow(2).mean().backward()
         return [out.float()] + [p.grad.float().clone() for p in layer.parameters() if p.grad is not None]
 
     layer.kernel = impl
-    ours = run(lambda xx: layer(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0])
-    ref = run(lambda xx: naive_collab(layer, xx, padding))
+    ours = run(lambda xx: layer(xx, xx, xx, key_padding_mask=padding, need_weights=False)[0], True)
+    ref = run(lambda xx: naive_collab(layer, xx, padding), False)
     err = max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(ours, ref))
     return err, err <= tol
 
@@ -117,7 +119,7 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("attention_layer.py times CUDA kernels: run it on a GPU machine")
     dtype = getattr(torch, args.dtype)
-    tol = {"bfloat16": 3e-2, "float16": 5e-3}[args.dtype]
+    tol = {"bfloat16": 3e-2, "float16": 1e-2}[args.dtype]
     rows, cache = [], []
     for shape in args.shapes.split(","):
         bsz, tokens = map(int, shape.split("x"))

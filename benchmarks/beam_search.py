@@ -117,7 +117,8 @@ def main():
                 ]
                 sps = statistics.median(r[0] for r in runs)
                 tps = statistics.median(r[1] for r in runs)
-                rows.append({"config": name, "length": length, "sentences_per_s": sps, "tokens_per_s": tps})
+                row = {"config": name, "length": length, "sentences_per_s": sps, "tokens_per_s": tps}
+                rows.append({**row, "sentences_per_s_runs": [r[0] for r in runs]})
                 print(rows[-1], file=sys.stderr, flush=True)
     for row in rows:
         base = next(r for r in rows if r["length"] == row["length"])

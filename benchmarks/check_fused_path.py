@@ -34,7 +34,7 @@ def check(mode, key_dim, kind, device, dtype, kernel, embed_dim=512, heads=4, tg
         self_attention=kind != "cross",
         encoder_decoder_attention=kind == "cross",
     ).to(device, dtype)
-    layer.kernel = kernel  # a fused kernel (not the default bmm) against the explicit path
+    layer.kernel = kernel  # a kernel (not the explicit path) against the explicit path
     if layer.content_bias is not None:
         with torch.no_grad():
             layer.content_bias.weight.normal_(0, 0.05)

@@ -35,14 +35,14 @@ def _generate(bin_dir, checkpoint, *extra):
 def test_collab_model_learns_the_task_and_beam_search_translates(copy_data, collab_run):
     _, bin_dir = copy_data
     log = (collab_run / "train.log").read_text()
-    assert "collaborative attention: mode=collaborative D_k=16" in log and "kernel=bmm content_bias=True" in log
+    assert "collaborative attention: mode=collaborative D_k=16" in log and "kernel=auto content_bias=True" in log
 
     state = torch.load(collab_run / "checkpoint_last.pt", map_location="cpu")  # safe loading, allowlisted types
     weights = state["model"]
     assert weights["encoder.layers.0.self_attn.q_proj.weight"].shape == (16, 64)
     assert weights["decoder.layers.1.encoder_attn.mixing"].shape == (4, 16)
     assert "encoder.layers.0.self_attn.content_bias.weight" in weights
-    assert state["cfg"]["model"].collab_attention_kernel == "bmm"
+    assert state["cfg"]["model"].collab_attention_kernel == "auto"
 
     bleu = parse_bleu(_generate(bin_dir, collab_run / "checkpoint_last.pt"))
     assert bleu > 80, f"collab model did not learn the mapped-copy task: BLEU {bleu}"

@@ -5,6 +5,7 @@ import torch
 from fairseq.modules import MultiheadAttention
 
 from collab_fairseq.modules import CollaborativeMultiheadAttention
+from collab_fairseq.modules.attention_kernels import KERNEL_NAMES, LONG_SEQUENCE, resolve_kernel
 from collab_fairseq.reparam import copy_from_multihead_attention
 
 EMBED, HEADS = 32, 4
@@ -41,7 +42,15 @@ def _causal(t):
 @pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
 @pytest.mark.parametrize(
     "need_weights,kernel",
-    [(True, "bmm"), (False, "bmm"), (False, "sdpa"), (False, "folded"), (False, "fused"), (False, "mixgemm")],
+    [
+        (True, "bmm"),
+        (False, "auto"),
+        (False, "bmm"),
+        (False, "sdpa"),
+        (False, "folded"),
+        (False, "fused"),
+        (False, "mixgemm"),
+    ],
 )
 def test_matches_fairseq_multihead_attention(kind, mode, need_weights, kernel):
     ref, ours = _pair(kind, mode)
@@ -197,7 +206,7 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
         (
             dict(key_dim=8, kernel="flash"),
-            "unknown attention kernel 'flash'; choose one of bmm, sdpa, folded, fused, mixgemm",
+            "unknown attention kernel 'flash'; choose one of auto, bmm, sdpa, folded, fused, mixgemm",
         ),
     ],
 )
@@ -254,3 +263,20 @@ def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
         layer.kernel = kernel
         outs.append(layer(query, query, query, key_padding_mask=padding, attn_mask=mask, need_weights=False)[0])
     assert (outs[0] - outs[1]).abs().max() <= TOL
+
+
+def test_auto_kernel_is_bmm_on_the_cpu_and_picks_by_length_on_cuda():
+    """``auto`` (the default) keeps the CPU on the reference kernel, bit for bit; on CUDA it takes mixgemm at MT
+    lengths and for every decoding step, folded from LONG_SEQUENCE keys on."""
+    assert [resolve_kernel("auto", False, t, s) for t, s in [(30, 30), (4096, 4096), (1, 4096)]] == ["bmm"] * 3
+    assert resolve_kernel("auto", True, 30, 30) == resolve_kernel("auto", True, 1, 4096) == "mixgemm"
+    assert resolve_kernel("auto", True, 30, LONG_SEQUENCE - 1) == "mixgemm"
+    assert resolve_kernel("auto", True, 2, LONG_SEQUENCE) == resolve_kernel("auto", True, 4096, 4096) == "folded"
+    assert all(resolve_kernel(k, on_cuda, 30, 30) == k for k in KERNEL_NAMES[1:] for on_cuda in (False, True))
+    layer = _random_layer("self", 12, "collaborative", "normal")
+    query, _, padding = _inputs("self")
+    outs = []
+    for kernel in ("auto", "bmm"):
+        layer.kernel = kernel
+        outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
+    assert torch.equal(outs[0], outs[1])

@@ -125,7 +125,7 @@ def test_every_fairseq_transformer_architecture_has_a_collab_twin_with_its_sizes
         ARCH_CONFIG_REGISTRY[twin](ours)
         ARCH_CONFIG_REGISTRY[arch](theirs)
         assert {k: v for k, v in vars(ours).items() if not k.startswith("collab_")} == vars(theirs)
-        assert ours.collab_attention_kernel == "bmm" and ours.collab_key_dim is None
+        assert ours.collab_attention_kernel == "auto" and ours.collab_key_dim is None
 
 
 def test_options_are_parsed_once_per_model_and_each_layer_gets_its_own():

@@ -17,7 +17,7 @@ all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch'
 the shared queries and the mixing matrix instead of per-head queries, so the layer calls them itself:
 ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major) and ``fused``
 (modules/fused_collab_attention.py, Triton); for concatenated heads, and where ``fused`` cannot run, the layer
-takes ``bmm``.
+takes ``bmm``. ``auto`` (the default) picks one by device and length (:func:`resolve_kernel`).
 """
 
 from typing import Dict, Optional, Tuple
@@ -191,7 +191,24 @@ KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attent
 # these take the shared queries (B x T x D_k) and the scaled mixing matrix, so the layer calls them itself;
 # a None result means "cannot run these inputs", and the layer takes bmm
 SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention}
-KERNEL_NAMES = [*KERNELS, *SHARED_QUERY_KERNELS]
+KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
+
+# keys per query from which ``auto`` takes ``folded`` (one layer, forward + backward, on an H100: at 1024 and 4096
+# keys torch's fused attention wins and keeps memory linear, while at MT lengths ``mixgemm`` trains fastest;
+# results/performance.md)
+LONG_SEQUENCE = 512
+
+
+def resolve_kernel(kernel: str, on_cuda: bool, tgt_len: int, src_len: int) -> str:
+    """The kernel that runs: ``kernel`` itself, or for ``auto`` ``bmm`` on the CPU (the reference, and the one
+    CPU results were measured with), on CUDA ``folded`` for sequences of LONG_SEQUENCE keys or more (not for a
+    decoding step, which would copy the whole key cache per head) and ``mixgemm`` otherwise."""
+    if kernel != "auto":
+        return kernel
+    if not on_cuda:
+        return "bmm"
+    return "folded" if tgt_len > 1 and src_len >= LONG_SEQUENCE else "mixgemm"
+
 
 _FUTURE_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}
 

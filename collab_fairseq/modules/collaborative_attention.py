@@ -49,6 +49,7 @@ from collab_fairseq.modules.attention_kernels import (
     attention_scores,
     bmm_attention,
     explicit_attention,
+    resolve_kernel,
     score_bias,
 )
 
@@ -57,7 +58,7 @@ MIXING_INITS = ("concatenate", "normal", "xavier")
 
 
 def check_layer_options(
-    key_dim: int, num_heads: int, mode: str, mixing_init: str, mixing_lr_scale: float = 1.0, kernel: str = "bmm"
+    key_dim: int, num_heads: int, mode: str, mixing_init: str, mixing_lr_scale: float = 1.0, kernel: str = "auto"
 ) -> None:
     """Raise ValueError (naming the fix) if this layer cannot be built."""
     if not mixing_lr_scale >= 0.0:  # also rejects NaN
@@ -145,7 +146,7 @@ class CollaborativeMultiheadAttention(nn.Module):
         mixing_init: str = "concatenate",
         mixing_lr_scale: float = 1.0,
         content_bias: bool = True,
-        kernel: str = "bmm",
+        kernel: str = "auto",
     ):
         super().__init__()
         if add_bias_kv or add_zero_attn:
@@ -357,15 +358,16 @@ class CollaborativeMultiheadAttention(nn.Module):
             scores = attention_scores(self._head_queries(q), self._head_keys(k), bias)
             return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
         if not need_weights:
-            if self.kernel in SHARED_QUERY_KERNELS and self.collaborative:
-                attn = SHARED_QUERY_KERNELS[self.kernel](
+            kernel_name = resolve_kernel(self.kernel, q.is_cuda, tgt_len, src_len)
+            if kernel_name in SHARED_QUERY_KERNELS and self.collaborative:
+                attn = SHARED_QUERY_KERNELS[kernel_name](
                     q.transpose(0, 1), self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, attn_mask,
                     self._dropout_p(),
                 )  # fmt: skip
                 if attn is not None:  # None: the kernel cannot run these inputs; bmm below can
                     return self._output(attn, tgt_len, bsz), None
-            kernel = KERNELS.get(self.kernel, bmm_attention)
-            dense = self.kernel != "folded"  # folded copies the queries anyway
+            kernel = KERNELS.get(kernel_name, bmm_attention)
+            dense = kernel_name != "folded"  # folded copies the queries anyway
             attn = kernel(
                 self._head_queries(q, dense=dense),
                 self._head_keys(k),

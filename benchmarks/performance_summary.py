@@ -1,0 +1,90 @@
+"""results/performance/summary.json from the benchmarks' JSON files: the kernel issue's figures in one place.
+
+    python benchmarks/performance_summary.py --gpu "NVIDIA H100 80GB HBM3" --commit COMMIT \\
+        --train train.json --beam beam.json --layer layer_bfloat16.json --layer-kernel folded \\
+        --loss-scale loss_scale.json --out results/performance/summary.json
+
+train: train_throughput.py (rows transformer_wmt_en_de, collab_dk512/128/64); the warm-start recipe's ratio is
+its time-weighted mean, 1 / (f + (1 - f) / r) for a transformer phase of fraction f of the updates (1/3 in the
+Multi30k recipe; the conversion's seconds not counted). beam: beam_search.py. layer: attention_layer.py, the rows
+of ``ours (KERNEL)``. loss-scale: fp16_loss_scale.py, lowest scale over the runs whose name starts with
+``transformer`` and ``collab_dk128``.
+"""
+
+import argparse
+import json
+import sys
+
+
+def train_ratios(train: dict, warm_start_fraction: float) -> dict:
+    rows = {row["name"]: row for row in train["rows"]}
+    out = {f"dk{d}": rows[f"collab_dk{d}"]["ratio"] for d in (512, 128, 64) if f"collab_dk{d}" in rows}
+    if "dk128" in out:
+        out["warm_start_recipe"] = 1 / (warm_start_fraction + (1 - warm_start_fraction) / out["dk128"])
+    return out
+
+
+def layer_ratios(layer: dict, kernel: str) -> dict:
+    """{speed, flop, memory} x {dk128_1024, ...} of the rows ``ours (kernel)``."""
+    out = {"layer_speed_ratio": {}, "layer_flop_ratio": {}, "layer_memory_ratio": {}}
+    for row in layer["rows"]:
+        if row["layer"] != f"ours ({kernel})" or "ratio" not in row:
+            continue
+        key = f"dk{row['key_dim']}_{row['shape'].split('x')[1]}"
+        out["layer_speed_ratio"][key] = row["ratio"]
+        out["layer_flop_ratio"][key] = row["flop_ratio"]
+        out["layer_memory_ratio"][key] = row["memory_ratio"]
+    return out
+
+
+def lowest_scale(runs: dict, prefix: str):
+    scales = [run["min_scale"] for name, run in runs.items() if name.startswith(prefix)]
+    return min(scales) if scales else None
+
+
+def summary(args) -> dict:
+    load = lambda path: json.load(open(path)) if path else None  # noqa: E731
+    train, beam, layer, scale = load(args.train), load(args.beam), load(args.layer), load(args.loss_scale)
+    result = {"gpu": args.gpu, "commit": args.commit}
+    if train:
+        result["train_wps_ratio"] = train_ratios(train, args.warm_start_fraction)
+        dk128 = next((r for r in train["rows"] if r["name"] == "collab_dk128"), None)
+        if dk128 and "memory_ratio" in dk128:
+            result["peak_memory_ratio"] = {"dk128": dk128["memory_ratio"]}
+    if beam:
+        rows = [r for r in beam["rows"] if r["config"] == "collab_dk128"]
+        result["beam_sentences_ratio"] = {str(r["length"]): r["ratio"] for r in rows}
+    if layer:
+        result.update(
+            layer_ratios(layer, args.layer_kernel), layer_kernel=args.layer_kernel, layer_dtype=layer["dtype"]
+        )
+    if scale:
+        result["loss_scale_min"] = {k: lowest_scale(scale, k) for k in ("transformer", "collab_dk128")}
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", required=True)
+    parser.add_argument("--commit", required=True, help="the commit whose code was measured")
+    parser.add_argument("--train")
+    parser.add_argument("--warm-start-fraction", type=float, default=1 / 3)
+    parser.add_argument("--beam")
+    parser.add_argument("--layer")
+    parser.add_argument("--layer-kernel", default="folded")
+    parser.add_argument("--loss-scale")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        result = summary(args)
+    except (OSError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

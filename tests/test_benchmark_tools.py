@@ -1,0 +1,78 @@
+"""The kernel issue's bookkeeping tools: the loss-scale reader, words/s over interleaved repeats, the summary."""
+
+import json
+import sys
+
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import fp16_loss_scale  # noqa: E402
+import performance_summary  # noqa: E402
+import train_throughput  # noqa: E402
+
+# the lines fairseq-train writes that the reader needs (arguments, overflow notes, train_inner, valid)
+LOG = """Namespace(..., fp16_init_scale=128, fp16_scale_window=None, min_loss_scale=0.0001, threshold_loss_scale=None)
+2026-11-27 | INFO | fairseq.trainer | NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: 64.0
+2026-11-27 | INFO | fairseq.trainer | NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: 32.0
+epoch 001:    100 / 27 loss=9.1, nll_loss=8.7, ppl=400, wps=1000, loss_scale=32, num_updates=100
+epoch 004 | valid on 'valid' subset | loss 5.60 | nll_loss 4.2 | best_loss 5.605
+epoch 008 | valid on 'valid' subset | loss 5.70 | nll_loss 4.3 | best_loss 5.605
+"""
+
+
+def test_loss_scale_reader_counts_overflows_and_ignores_min_loss_scale(tmp_path):
+    (tmp_path / "phase1.log").write_text(LOG)
+    second_phase = [line for line in LOG.splitlines() if "overflow" not in line]
+    second_phase = "\n".join(second_phase).replace("fp16_init_scale=128", "fp16_init_scale=16")
+    (tmp_path / "phase2.log").write_text(second_phase.replace("loss_scale=32", "loss_scale=16"))
+    run = fp16_loss_scale.read_run([str(tmp_path / "phase1.log"), str(tmp_path / "phase2.log")])
+    first, second = run["phases"]
+    assert first["overflows"] == 2 and first["scales_after_overflow"] == [64.0, 32.0] and first["min_scale"] == 32
+    assert second["init_scale"] == 16 and second["overflows"] == 0 and second["min_scale"] == 16  # not 0.0001
+    assert run["overflows"] == 2 and run["min_scale"] == 16 and run["best_valid_loss"] == 5.605
+    out = tmp_path / "scale.json"
+    assert fp16_loss_scale.main([f"ws:{tmp_path}/phase1.log,{tmp_path}/phase2.log", "--out", str(out)]) == 0
+    assert json.load(open(out))["ws"]["min_scale"] == 16
+    assert fp16_loss_scale.main(["no_colon"]) == 2 and fp16_loss_scale.main([f"x:{tmp_path}/missing.log"]) == 2
+
+
+def test_interleaved_repeats_compare_each_run_with_the_baseline_of_its_repeat():
+    run = lambda wps, peak: {"wps_median": wps, "peak_gpu_bytes": peak, "params": 1}  # noqa: E731
+    configs = [("transformer", "--arch a"), ("collab", "--arch b")]
+    runs = {
+        "transformer": [run(100, 10), run(200, 10), run(150, 10)],
+        "collab": [run(110, 8), run(180, 9), run(150, 8)],
+    }
+    base, collab = train_throughput.summarize(configs, runs)
+    assert base["ratio"] == 1.0 and base["wps_median"] == 150
+    assert collab["ratios"] == [1.1, 0.9, 1.0] and collab["ratio"] == 1.0  # median of per-repeat ratios
+    assert collab["wps_median"] == 150 and collab["memory_ratio"] == 0.9  # largest peak over the runs
+
+
+def test_summary_has_the_issue_keys(tmp_path):
+    train = {"rows": [{"name": "transformer_wmt_en_de", "ratio": 1.0, "memory_ratio": 1.0}]}
+    train["rows"] += [{"name": f"collab_dk{d}", "ratio": r, "memory_ratio": 0.87} for d, r in [(512, 0.9), (128, 1.2)]]
+    beam = {
+        "rows": [
+            {"config": c, "length": n, "ratio": r} for c, r in [("t", 1.0), ("collab_dk128", 2.0)] for n in (30, 200)
+        ]
+    }
+    layer = {"dtype": "bfloat16", "rows": [{"layer": "ours (folded)", "shape": "8x1024", "key_dim": 64, "ratio": 1.1,
+                                            "flop_ratio": 1.3, "memory_ratio": 0.6},
+                                           {"layer": "ours (bmm)", "shape": "8x1024", "key_dim": 64, "ratio": 0.5,
+                                            "flop_ratio": 1.3, "memory_ratio": 5.0}]}  # fmt: skip
+    scale = {"transformer_s1": {"min_scale": 16.0}, "collab_dk128_ws_s1": {"min_scale": 8.0}}
+    paths = {}
+    for name, value in dict(train=train, beam=beam, layer=layer, scale=scale).items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(value))
+    out = tmp_path / "summary.json"
+    argv = ["--gpu", "H100", "--commit", "abc", "--train", str(paths["train"]), "--beam", str(paths["beam"])]
+    argv += ["--layer", str(paths["layer"]), "--loss-scale", str(paths["scale"]), "--out", str(out)]
+    assert performance_summary.main(argv) == 0
+    result = json.load(open(out))
+    assert result["train_wps_ratio"]["dk128"] == 1.2 and result["train_wps_ratio"]["dk512"] == 0.9
+    assert abs(result["train_wps_ratio"]["warm_start_recipe"] - 1 / (1 / 3 + 2 / 3 / 1.2)) < 1e-12
+    assert result["peak_memory_ratio"] == {"dk128": 0.87} and result["beam_sentences_ratio"] == {"30": 2.0, "200": 2.0}
+    assert result["layer_speed_ratio"] == {"dk64_1024": 1.1} and result["layer_memory_ratio"] == {"dk64_1024": 0.6}
+    assert result["loss_scale_min"] == {"transformer": 16.0, "collab_dk128": 8.0}
