@@ -5,7 +5,8 @@ Each configuration is built with fairseq's own task and model code (a synthetic 
 label-smoothed cross-entropy on the same random batches of --sentences x --tokens (lengths drawn between
 half and all of --tokens, so there is padding) under torch.profiler. Printed per configuration: device time
 per step and its split into kernel groups (GEMM, fused attention, softmax, elementwise/copies, reductions,
-other), then each configuration's top kernels. The optimizer step is left out (its cost follows the
+other), the wall time per step of the same steps run without the profiler (above the device time: the GPU waits
+for the host), then each configuration's top kernels. The optimizer step is left out (its cost follows the
 parameter count). On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measurement).
 
     python benchmarks/profile_training_step.py --out results/performance/profile_step.json \\
@@ -20,6 +21,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 import torch
@@ -104,6 +106,27 @@ def group_of(name):
     return next((group for group, pattern in GROUPS if pattern.search(name)), "other")
 
 
+def device_time(prof, steps, device):
+    """({kernel: ms per step}, {launching op or backward node: ms per step}) from a torch.profiler run of
+    ``steps`` steps (on the CPU: aten ops' self time, and no launchers)."""
+    kernels, launchers = defaultdict(float), defaultdict(float)
+    for event in prof.key_averages():
+        if device.type == "cuda":
+            us = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
+            if us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
+                kernels[event.key] += us
+            elif us > 0:  # a CPU-side op (aten::mul, ...): the device time of the kernels it launched itself
+                launchers[event.key] += us
+            backward = event.key.startswith(BACKWARD_NODE) and event.device_type != torch.autograd.DeviceType.CUDA
+            if backward and getattr(event, "device_time_total", 0) > 0:  # inclusive: what that backward node ran
+                launchers[event.key.replace(BACKWARD_NODE, "backward: ")] += event.device_time_total
+        elif event.key.startswith("aten::") and event.self_cpu_time_total > 0:
+            kernels[event.key] += event.self_cpu_time_total
+    per_step_ms = {k: us / 1000 / steps for k, us in kernels.items()}
+    ops_ms = {k: us / 1000 / steps for k, us in sorted(launchers.items(), key=lambda kv: -kv[1])}
+    return per_step_ms, ops_ms
+
+
 def profile_config(name, flags, data_dir, args, device):
     model, criterion, task = build(flags, data_dir)
     model = model.to(device).train()
@@ -118,26 +141,14 @@ def profile_config(name, flags, data_dir, args, device):
 
     for sample in samples[: args.warmup]:
         step(sample)
+    wall_ms = wall_ms_per_step(step, samples[args.warmup :], device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for sample in samples[args.warmup :]:
             step(sample)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    kernels, launchers = defaultdict(float), defaultdict(float)
-    for event in prof.key_averages():
-        if device.type == "cuda":
-            us = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
-            if us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
-                kernels[event.key] += us
-            elif us > 0:  # a CPU-side op (aten::mul, ...): the device time of the kernels it launched itself
-                launchers[event.key] += us
-            backward = event.key.startswith(BACKWARD_NODE) and event.device_type != torch.autograd.DeviceType.CUDA
-            if backward and getattr(event, "device_time_total", 0) > 0:  # inclusive: what that backward node ran
-                launchers[event.key.replace(BACKWARD_NODE, "backward: ")] += event.device_time_total
-        elif event.key.startswith("aten::") and event.self_cpu_time_total > 0:
-            kernels[event.key] += event.self_cpu_time_total
-    per_step_ms = {k: us / 1000 / args.steps for k, us in kernels.items()}
+    per_step_ms, ops_ms = device_time(prof, args.steps, device)
     groups = defaultdict(float)
     for kernel, ms in per_step_ms.items():
         groups[group_of(kernel)] += ms
@@ -146,13 +157,28 @@ def profile_config(name, flags, data_dir, args, device):
         "flags": flags,
         "params": sum(p.numel() for p in model.parameters()),
         "ms_per_step": sum(per_step_ms.values()),
+        # the same steps without the profiler, timed on the host with one synchronisation at the end: when it is
+        # well above ms_per_step the GPU waits for the host (Python, launches), and kernel speed-ups do not show
+        "wall_ms_per_step": wall_ms,
         "groups_ms": dict(groups),
         "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[: args.top],
         "kernels_ms": dict(sorted(per_step_ms.items(), key=lambda kv: -kv[1])),
         # which op launched the time: aten ops (forward and backward together) and, inclusive, each autograd
         # backward node ("backward: MulBackward0"), so a kernel's time can be traced to the layer's code
-        "ops_ms": {k: us / 1000 / args.steps for k, us in sorted(launchers.items(), key=lambda kv: -kv[1])},
+        "ops_ms": ops_ms,
     }
+
+
+def wall_ms_per_step(step, samples, device) -> float:
+    """Milliseconds of wall time per step(sample) over samples, synchronised before and after (not per step)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for sample in samples:
+        step(sample)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000 / len(samples)
 
 
 def write_dict(data_dir, vocab):
@@ -213,11 +239,12 @@ def main():
                 indent=1,
             )
     names = [g for g, _ in GROUPS] + ["other"]
-    print(f"| config | ms/step | vs baseline | {' | '.join(names)} |")
-    print("|---" * (len(names) + 3) + "|")
+    print(f"| config | ms/step | vs baseline | wall ms/step (vs baseline) | {' | '.join(names)} |")
+    print("|---" * (len(names) + 4) + "|")
     for r in rows:
         cells = " | ".join(f"{r['groups_ms'].get(g, 0.0):.2f}" for g in names)
-        print(f"| {r['config']} | {r['ms_per_step']:.2f} | {r['ms_per_step'] / base:.3f} | {cells} |")
+        wall = f"{r['wall_ms_per_step']:.2f} ({r['wall_ms_per_step'] / rows[0]['wall_ms_per_step']:.3f})"
+        print(f"| {r['config']} | {r['ms_per_step']:.2f} | {r['ms_per_step'] / base:.3f} | {wall} | {cells} |")
     for r in rows:
         print(f"\n{r['config']}: top kernels (ms/step)")
         for kernel, ms in r["top_kernels_ms"]:
