@@ -3,7 +3,7 @@
 Each configuration is built with fairseq's code (as in profile_training_step.py), in fp16 on a GPU, encodes
 --sentences x --beam hypotheses of --source-tokens random words, and decodes incrementally as fairseq-generate
 does: the decoder on the last token with fairseq's incremental state, log-softmax over the vocabulary, and the
-cache reordered by a beam permutation after every step. At each --length it times --steps steps without the
+cache reordered by a beam permutation after every step. Up to each --length it times --steps steps without the
 profiler (wall time, one synchronisation at the end), then profiles the next --steps: device time per step split
 into kernel groups, and the ops that differ most from the first configuration. Wall time well above device time
 means the GPU waits for the host (launches, Python), where kernel work cannot explain a speed ratio.
@@ -16,21 +16,9 @@ On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measur
 """
 
 import json
-from collections import defaultdict
 
 import torch
-from profile_training_step import (
-    GROUPS,
-    batches,
-    build,
-    device_time,
-    for_each_config,
-    group_of,
-    op_differences,
-    step_parser,
-    wall_ms_per_step,
-)
-from torch.profiler import ProfilerActivity, profile
+from profile_training_step import GROUPS, batches, build, for_each_config, op_differences, profiled_steps, step_parser
 
 
 def profile_config(name, flags, data_dir, args, device):
@@ -45,7 +33,6 @@ def profile_config(name, flags, data_dir, args, device):
     beams = torch.arange(hypotheses).view(args.sentences, args.beam)
     order = beams.gather(1, torch.randint(0, args.beam, beams.shape, generator=gen)).view(-1).to(device)
     row = {"config": name, "flags": flags, "params": sum(p.numel() for p in model.parameters()), "lengths": []}
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.no_grad():
         encoder_out = model.encoder(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"])
         for length in args.length:
@@ -61,26 +48,7 @@ def profile_config(name, flags, data_dir, args, device):
 
             for _ in range(max(length - 2 * args.steps, 0)):
                 step()
-            wall = wall_ms_per_step(step, range(args.steps), device)
-            with profile(activities=activities) as prof:
-                for _ in range(args.steps):
-                    step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-            per_step_ms, ops_ms = device_time(prof, args.steps, device)
-            groups = defaultdict(float)
-            for kernel, ms in per_step_ms.items():
-                groups[group_of(kernel)] += ms
-            row["lengths"].append(
-                {
-                    "length": length,
-                    "ms_per_step": sum(per_step_ms.values()),
-                    "wall_ms_per_step": wall,
-                    "groups_ms": dict(groups),
-                    "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[: args.top],
-                    "ops_ms": ops_ms,
-                }
-            )
+            row["lengths"].append({"length": length, **profiled_steps(step, range(args.steps), device, args.top)})
     return row
 
 

@@ -127,6 +127,34 @@ def device_time(prof, steps, device):
     return per_step_ms, ops_ms
 
 
+def profiled_steps(step, samples, device, top) -> dict:
+    """step(sample) over samples, timed without the profiler (wall), then again under torch.profiler: device time
+    per step, its kernel groups, top kernels, and the device time per launching op."""
+    wall_ms = wall_ms_per_step(step, samples, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for sample in samples:
+            step(sample)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    per_step_ms, ops_ms = device_time(prof, len(samples), device)
+    groups = defaultdict(float)
+    for kernel, ms in per_step_ms.items():
+        groups[group_of(kernel)] += ms
+    return {
+        "ms_per_step": sum(per_step_ms.values()),
+        # the same steps without the profiler, timed on the host with one synchronisation at the end: when it is
+        # well above ms_per_step the GPU waits for the host (Python, launches), and kernel speed-ups do not show
+        "wall_ms_per_step": wall_ms,
+        "groups_ms": dict(groups),
+        "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[:top],
+        "kernels_ms": dict(sorted(per_step_ms.items(), key=lambda kv: -kv[1])),
+        # which op launched the time: aten ops (forward and backward together) and, inclusive, each autograd
+        # backward node ("backward: MulBackward0"), so a kernel's time can be traced to the layer's code
+        "ops_ms": ops_ms,
+    }
+
+
 def profile_config(name, flags, data_dir, args, device):
     model, criterion, task = build(flags, data_dir)
     model = model.to(device).train()
@@ -141,31 +169,11 @@ def profile_config(name, flags, data_dir, args, device):
 
     for sample in samples[: args.warmup]:
         step(sample)
-    wall_ms = wall_ms_per_step(step, samples[args.warmup :], device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for sample in samples[args.warmup :]:
-            step(sample)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    per_step_ms, ops_ms = device_time(prof, args.steps, device)
-    groups = defaultdict(float)
-    for kernel, ms in per_step_ms.items():
-        groups[group_of(kernel)] += ms
     return {
         "config": name,
         "flags": flags,
         "params": sum(p.numel() for p in model.parameters()),
-        "ms_per_step": sum(per_step_ms.values()),
-        # the same steps without the profiler, timed on the host with one synchronisation at the end: when it is
-        # well above ms_per_step the GPU waits for the host (Python, launches), and kernel speed-ups do not show
-        "wall_ms_per_step": wall_ms,
-        "groups_ms": dict(groups),
-        "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[: args.top],
-        "kernels_ms": dict(sorted(per_step_ms.items(), key=lambda kv: -kv[1])),
-        # which op launched the time: aten ops (forward and backward together) and, inclusive, each autograd
-        # backward node ("backward: MulBackward0"), so a kernel's time can be traced to the layer's code
-        "ops_ms": ops_ms,
+        **profiled_steps(step, samples[args.warmup :], device, args.top),
     }
 
 
