@@ -1,19 +1,21 @@
 """results/performance/summary.json from the benchmarks' JSON files: the kernel issue's figures in one place.
 
     python benchmarks/performance_summary.py --gpu "NVIDIA H100 80GB HBM3" --commit COMMIT \\
-        --train train.json --beam beam.json --layer layer_bfloat16.json --layer-kernel folded \\
+        --train train.json --beam beam.json --layer layer_bfloat16.json \\
         --loss-scale loss_scale.json --out results/performance/summary.json
 
 train: train_throughput.py (rows transformer_wmt_en_de, collab_dk512/128/64); the warm-start recipe's ratio is
 its time-weighted mean, 1 / (f + (1 - f) / r) for a transformer phase of fraction f of the updates (1/3 in the
 Multi30k recipe; the conversion's seconds not counted). beam: beam_search.py. layer: attention_layer.py, the rows
-of ``ours (KERNEL)``. loss-scale: fp16_loss_scale.py, lowest scale over the runs whose name starts with
-``transformer`` and ``collab_dk128``.
+of ``ours (KERNEL)``, for ``auto`` (the default) of the kernel it picks at each length. loss-scale:
+fp16_loss_scale.py, lowest scale over the runs whose name starts with ``transformer`` and ``collab_dk128``.
 """
 
 import argparse
 import json
 import sys
+
+from collab_fairseq.modules.attention_kernels import resolve_kernel
 
 
 def train_ratios(train: dict, warm_start_fraction: float) -> dict:
@@ -25,12 +27,16 @@ def train_ratios(train: dict, warm_start_fraction: float) -> dict:
 
 
 def layer_ratios(layer: dict, kernel: str) -> dict:
-    """{speed, flop, memory} x {dk128_1024, ...} of the rows ``ours (kernel)``."""
-    out = {"layer_speed_ratio": {}, "layer_flop_ratio": {}, "layer_memory_ratio": {}}
+    """{speed, flop, memory} x {dk128_1024, ...} of the rows ``ours (kernel)``; for ``auto``, per shape the kernel
+    the default picks on CUDA at that length (self-attention: as many keys as tokens)."""
+    out = {"layer_speed_ratio": {}, "layer_flop_ratio": {}, "layer_memory_ratio": {}, "layer_kernel": {}}
     for row in layer["rows"]:
-        if row["layer"] != f"ours ({kernel})" or "ratio" not in row:
+        tokens = int(row["shape"].split("x")[1])
+        chosen = resolve_kernel(kernel, True, tokens, tokens)
+        if row["layer"] != f"ours ({chosen})" or "ratio" not in row:
             continue
-        key = f"dk{row['key_dim']}_{row['shape'].split('x')[1]}"
+        key = f"dk{row['key_dim']}_{tokens}"
+        out["layer_kernel"][key] = chosen
         out["layer_speed_ratio"][key] = row["ratio"]
         out["layer_flop_ratio"][key] = row["flop_ratio"]
         out["layer_memory_ratio"][key] = row["memory_ratio"]
@@ -55,9 +61,7 @@ def summary(args) -> dict:
         rows = [r for r in beam["rows"] if r["config"] == "collab_dk128"]
         result["beam_sentences_ratio"] = {str(r["length"]): r["ratio"] for r in rows}
     if layer:
-        result.update(
-            layer_ratios(layer, args.layer_kernel), layer_kernel=args.layer_kernel, layer_dtype=layer["dtype"]
-        )
+        result.update(layer_ratios(layer, args.layer_kernel), layer_dtype=layer["dtype"])
     if scale:
         result["loss_scale_min"] = {k: lowest_scale(scale, k) for k in ("transformer", "collab_dk128")}
     return result
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warm-start-fraction", type=float, default=1 / 3)
     parser.add_argument("--beam")
     parser.add_argument("--layer")
-    parser.add_argument("--layer-kernel", default="folded")
+    parser.add_argument("--layer-kernel", default="auto", help="the kernel whose layer rows count; auto: the default's")
     parser.add_argument("--loss-scale")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -74,5 +74,10 @@ def test_summary_has_the_issue_keys(tmp_path):
     assert result["train_wps_ratio"]["dk128"] == 1.2 and result["train_wps_ratio"]["dk512"] == 0.9
     assert abs(result["train_wps_ratio"]["warm_start_recipe"] - 1 / (1 / 3 + 2 / 3 / 1.2)) < 1e-12
     assert result["peak_memory_ratio"] == {"dk128": 0.87} and result["beam_sentences_ratio"] == {"30": 2.0, "200": 2.0}
+    assert result["layer_speed_ratio"] == {} and result["layer_kernel"] == {}  # auto takes fused at 1024, not here
+    argv[argv.index("--out") : argv.index("--out")] = ["--layer-kernel", "folded"]
+    assert performance_summary.main(argv) == 0
+    result = json.load(open(out))
     assert result["layer_speed_ratio"] == {"dk64_1024": 1.1} and result["layer_memory_ratio"] == {"dk64_1024": 0.6}
+    assert result["layer_kernel"] == {"dk64_1024": "folded"}
     assert result["loss_scale_min"] == {"transformer": 16.0, "collab_dk128": 8.0}

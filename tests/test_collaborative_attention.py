@@ -5,7 +5,13 @@ import torch
 from fairseq.modules import MultiheadAttention
 
 from collab_fairseq.modules import CollaborativeMultiheadAttention
-from collab_fairseq.modules.attention_kernels import KERNEL_NAMES, LONG_SEQUENCE, resolve_kernel
+from collab_fairseq.modules.attention_kernels import (
+    KERNEL_NAMES,
+    LONG_SEQUENCE,
+    VERY_LONG_SEQUENCE,
+    fallback_kernel,
+    resolve_kernel,
+)
 from collab_fairseq.reparam import copy_from_multihead_attention
 
 EMBED, HEADS = 32, 4
@@ -267,12 +273,17 @@ def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
 
 def test_auto_kernel_is_bmm_on_the_cpu_and_picks_by_length_on_cuda():
     """``auto`` (the default) keeps the CPU on the reference kernel, bit for bit; on CUDA it takes mixgemm at MT
-    lengths and for every decoding step, folded from LONG_SEQUENCE keys on."""
+    lengths and for every decoding step, fused from LONG_SEQUENCE keys, folded from VERY_LONG_SEQUENCE keys;
+    where fused cannot run, auto falls back to folded (linear memory), an explicit kernel to bmm."""
     assert [resolve_kernel("auto", False, t, s) for t, s in [(30, 30), (4096, 4096), (1, 4096)]] == ["bmm"] * 3
     assert resolve_kernel("auto", True, 30, 30) == resolve_kernel("auto", True, 1, 4096) == "mixgemm"
     assert resolve_kernel("auto", True, 30, LONG_SEQUENCE - 1) == "mixgemm"
-    assert resolve_kernel("auto", True, 2, LONG_SEQUENCE) == resolve_kernel("auto", True, 4096, 4096) == "folded"
+    assert resolve_kernel("auto", True, 2, LONG_SEQUENCE) == resolve_kernel("auto", True, 1024, 1024) == "fused"
+    assert resolve_kernel("auto", True, 2, VERY_LONG_SEQUENCE) == resolve_kernel("auto", True, 4096, 4096) == "folded"
     assert all(resolve_kernel(k, on_cuda, 30, 30) == k for k in KERNEL_NAMES[1:] for on_cuda in (False, True))
+    assert fallback_kernel("auto", "fused") == "folded" and fallback_kernel("fused", "fused") == "bmm"
+    assert fallback_kernel("auto", "mixgemm") == fallback_kernel("mixgemm", "mixgemm") == "bmm"  # concatenated heads
+    assert [fallback_kernel("auto", k) for k in ("bmm", "sdpa", "folded")] == ["bmm", "sdpa", "folded"]
     layer = _random_layer("self", 12, "collaborative", "normal")
     query, _, padding = _inputs("self")
     outs = []
@@ -280,3 +291,24 @@ def test_auto_kernel_is_bmm_on_the_cpu_and_picks_by_length_on_cuda():
         layer.kernel = kernel
         outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
     assert torch.equal(outs[0], outs[1])
+
+
+def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
+    """At a length where auto picks fused and fused refuses the inputs (here: CPU tensors outside Triton's
+    interpreter), the layer runs folded, not the quadratic-memory bmm."""
+    import collab_fairseq.modules.attention_kernels as kernels
+    import collab_fairseq.modules.collaborative_attention as attention
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(attention, "resolve_kernel", lambda *args: "fused")
+    calls = []
+    folded = kernels.KERNELS["folded"]
+    monkeypatch.setitem(kernels.KERNELS, "folded", lambda *args: calls.append(1) or folded(*args))
+    layer = _random_layer("self", 12, "collaborative", "normal")
+    query, _, padding = _inputs("self")
+    outs = []
+    for kernel in ("auto", "bmm"):
+        layer.kernel = kernel
+        outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
+    assert calls == [1]  # auto's fused fell back to folded; an explicit kernel's to bmm
+    assert (outs[0] - outs[1]).abs().max() <= TOL

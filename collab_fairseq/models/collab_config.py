@@ -74,11 +74,11 @@ class CollabAttentionConfig(FairseqDataclass):
         default="auto",
         metadata={
             "help": "how collaborative heads compute attention when no weights are returned: auto (bmm on the "
-            "CPU; on CUDA mixgemm, and folded from 512 keys on), bmm (one GEMM of all heads' queries against the "
-            "shared keys, then softmax), sdpa (torch's fused attention, the content bias and padding as a mask), "
-            "folded (fused attention with no mask: content bias and padding folded into extra key dims), fused "
-            "(one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA only, "
-            "elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
+            "CPU; on CUDA mixgemm, fused from 512 keys, folded from 2048), bmm (one GEMM of all heads' queries "
+            "against the shared keys, then softmax), sdpa (torch's fused attention, the content bias and padding as "
+            "a mask), folded (fused attention with no mask: content bias and padding folded into extra key dims), "
+            "fused (one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA "
+            "only, elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
             "token-major scores); the same function, results/performance.md times them"
         },
     )

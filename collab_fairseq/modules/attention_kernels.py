@@ -189,25 +189,38 @@ def fused_attention(
 
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
 # these take the shared queries (B x T x D_k) and the scaled mixing matrix, so the layer calls them itself;
-# a None result means "cannot run these inputs", and the layer takes bmm
+# a None result means "cannot run these inputs", and the layer takes fallback_kernel(...)
 SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention}
 KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
 
-# keys per query from which ``auto`` takes ``folded`` (one layer, forward + backward, on an H100: at 1024 and 4096
-# keys torch's fused attention wins and keeps memory linear, while at MT lengths ``mixgemm`` trains fastest;
-# results/performance.md)
+# ``auto`` on CUDA by number of keys (one layer, forward + backward, on an H100, results/performance.md): at MT
+# lengths ``mixgemm`` trains fastest; at 1024 keys the Triton ``fused`` kernel is as fast as ``folded`` at D_k = 128
+# and faster at 64, with half the memory; at 4096 keys ``folded`` (torch's fused attention) is the fastest
 LONG_SEQUENCE = 512
+VERY_LONG_SEQUENCE = 2048
 
 
 def resolve_kernel(kernel: str, on_cuda: bool, tgt_len: int, src_len: int) -> str:
-    """The kernel that runs: ``kernel`` itself, or for ``auto`` ``bmm`` on the CPU (the reference, and the one
-    CPU results were measured with), on CUDA ``folded`` for sequences of LONG_SEQUENCE keys or more (not for a
-    decoding step, which would copy the whole key cache per head) and ``mixgemm`` otherwise."""
+    """The kernel that runs: ``kernel`` itself, or for ``auto``: ``bmm`` on the CPU (the reference, and the kernel
+    CPU results were measured with); on CUDA ``mixgemm`` below LONG_SEQUENCE keys and for every decoding step (a
+    long-sequence kernel would read or copy the whole key cache per head), ``fused`` up to VERY_LONG_SEQUENCE keys,
+    ``folded`` from there on."""
     if kernel != "auto":
         return kernel
     if not on_cuda:
         return "bmm"
-    return "folded" if tgt_len > 1 and src_len >= LONG_SEQUENCE else "mixgemm"
+    if tgt_len == 1 or src_len < LONG_SEQUENCE:
+        return "mixgemm"
+    return "fused" if src_len < VERY_LONG_SEQUENCE else "folded"
+
+
+def fallback_kernel(kernel: str, resolved: str) -> str:
+    """The :data:`KERNELS` entry that runs where ``resolved`` does not (concatenated heads, which the shared-query
+    kernels do not take; ``fused`` refusing its inputs): ``auto``'s long-sequence choice falls back to ``folded``,
+    which keeps memory near linear, anything else to ``bmm``."""
+    if resolved in KERNELS:
+        return resolved
+    return "folded" if kernel == "auto" and resolved == "fused" else "bmm"
 
 
 _FUTURE_MASKS: Dict[Tuple, Tuple[Tensor, bool]] = {}

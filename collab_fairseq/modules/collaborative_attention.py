@@ -47,8 +47,8 @@ from collab_fairseq.modules.attention_kernels import (
     KERNELS,
     SHARED_QUERY_KERNELS,
     attention_scores,
-    bmm_attention,
     explicit_attention,
+    fallback_kernel,
     resolve_kernel,
     score_bias,
 )
@@ -364,9 +364,10 @@ class CollaborativeMultiheadAttention(nn.Module):
                     q.transpose(0, 1), self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, attn_mask,
                     self._dropout_p(),
                 )  # fmt: skip
-                if attn is not None:  # None: the kernel cannot run these inputs; bmm below can
+                if attn is not None:  # None: the kernel cannot run these inputs; a kernel below can
                     return self._output(attn, tgt_len, bsz), None
-            kernel = KERNELS.get(kernel_name, bmm_attention)
+            kernel_name = fallback_kernel(self.kernel, kernel_name)
+            kernel = KERNELS[kernel_name]
             dense = kernel_name != "folded"  # folded copies the queries anyway
             attn = kernel(
                 self._head_queries(q, dense=dense),
