@@ -284,13 +284,18 @@ def test_auto_kernel_is_bmm_on_the_cpu_and_picks_by_length_on_cuda():
     assert fallback_kernel("auto", "fused") == "folded" and fallback_kernel("fused", "fused") == "bmm"
     assert fallback_kernel("auto", "mixgemm") == fallback_kernel("mixgemm", "mixgemm") == "bmm"  # concatenated heads
     assert [fallback_kernel("auto", k) for k in ("bmm", "sdpa", "folded")] == ["bmm", "sdpa", "folded"]
+    auto, bmm = _auto_and_bmm_outputs()
+    assert torch.equal(auto, bmm)
+
+
+def _auto_and_bmm_outputs():
     layer = _random_layer("self", 12, "collaborative", "normal")
     query, _, padding = _inputs("self")
     outs = []
     for kernel in ("auto", "bmm"):
         layer.kernel = kernel
         outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
-    assert torch.equal(outs[0], outs[1])
+    return outs
 
 
 def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
@@ -304,11 +309,6 @@ def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
     calls = []
     folded = kernels.KERNELS["folded"]
     monkeypatch.setitem(kernels.KERNELS, "folded", lambda *args: calls.append(1) or folded(*args))
-    layer = _random_layer("self", 12, "collaborative", "normal")
-    query, _, padding = _inputs("self")
-    outs = []
-    for kernel in ("auto", "bmm"):
-        layer.kernel = kernel
-        outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
+    auto, bmm = _auto_and_bmm_outputs()
     assert calls == [1]  # auto's fused fell back to folded; an explicit kernel's to bmm
-    assert (outs[0] - outs[1]).abs().max() <= TOL
+    assert (auto - bmm).abs().max() <= TOL
