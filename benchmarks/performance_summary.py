@@ -48,9 +48,15 @@ def lowest_scale(runs: dict, prefix: str):
     return min(scales) if scales else None
 
 
+def _load(path):
+    if not path:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def summary(args) -> dict:
-    load = lambda path: json.load(open(path)) if path else None  # noqa: E731
-    train, beam, layer, scale = load(args.train), load(args.beam), load(args.layer), load(args.loss_scale)
+    train, beam, layer, scale = _load(args.train), _load(args.beam), _load(args.layer), _load(args.loss_scale)
     result = {"gpu": args.gpu, "commit": args.commit}
     if train:
         result["train_wps_ratio"] = train_ratios(train, args.warm_start_fraction)

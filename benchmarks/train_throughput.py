@@ -1,4 +1,4 @@
-"""Training throughput of transformer_collab against fairseq's transformer, measured side by side.
+"""Training throughput of transformer_collab against fairseq's transformer, measured in the same run.
 
 Runs ``fairseq-train`` once per configuration and repeat, on the same binarized data with the same flags,
 the configurations interleaved (A B C, A B C, ...) so that a machine's drift between repeats hits all of them,
@@ -22,8 +22,9 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from collab_fairseq.cli.evaluate import write_atomic
 
 COMMON = (
     "--share-all-embeddings --optimizer adam --adam-betas (0.9,0.98) --lr 7e-4 --lr-scheduler inverse_sqrt "
@@ -87,7 +88,7 @@ def main():
             print(f"repeat {repeat + 1} {name}: {run['wps_median']:.0f} wps", file=sys.stderr, flush=True)
         rows = summarize(configs, {name: own for name, own in runs.items() if own})
         if args.out:  # after every repeat: a run cut short keeps the repeats it finished
-            write_json(args.out, {"rows": rows, **common, "repeats_done": repeat + 1})
+            write_atomic(args.out, json.dumps({"rows": rows, **common, "repeats_done": repeat + 1}, indent=1))
     print(f"{args.repeats} repeat(s); words/s: median over repeats; ratio: median (range) of the per-repeat ratios")
     print("| config | params | target words/s | speed ratio | peak GPU memory GiB | memory ratio |")
     print("|---|---|---|---|---|---|")
@@ -98,13 +99,6 @@ def main():
             f"| {row['name']} | {row['params']:,} | {row['wps_median']:,.0f} | {row['ratio']:.3f}{spread} "
             f"| {gib:.2f} | {row.get('memory_ratio', float('nan')):.3f} |"
         )
-
-
-def write_json(path, result):
-    tmp = tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(path)), delete=False)
-    json.dump(result, tmp, indent=1)
-    tmp.close()
-    os.replace(tmp.name, path)
 
 
 def summarize(configs, runs):

@@ -16,8 +16,9 @@ and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and p
 all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention. Two more take
 the shared queries and the mixing matrix instead of per-head queries, so the layer calls them itself:
 ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major) and ``fused``
-(modules/fused_collab_attention.py, Triton); for concatenated heads, and where ``fused`` cannot run, the layer
-takes ``bmm``. ``auto`` (the default) picks one by device and length (:func:`resolve_kernel`).
+(modules/fused_collab_attention.py, Triton). ``auto`` (the default) picks one by device and length
+(:func:`resolve_kernel`); for concatenated heads, and where ``fused`` cannot run, the layer takes
+:func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
 """
 
 from typing import Dict, Optional, Tuple
@@ -174,7 +175,7 @@ def fused_attention(
 ) -> Optional[Tensor]:
     """The ``fused`` kernel (modules/fused_collab_attention.py, Triton; arguments as for ``mixgemm``), or None
     where it cannot run: no Triton (CPU-only torch), CPU tensors outside Triton's interpreter, widths over 128,
-    an attention mask other than the future mask. The layer then takes ``bmm``."""
+    an attention mask other than the future mask. The layer then takes :func:`fallback_kernel`."""
     try:
         from collab_fairseq.modules import fused_collab_attention as fused
     except ImportError:
