@@ -158,8 +158,9 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     if tgt_len == 1:  # a decoding step: H x D values per sentence, where one product is cheaper than a GEMM
         queries = shared * mixing  # B x 1 x D times H x D -> B x H x D
     else:
-        blocks = torch.diag_embed(mixing).transpose(0, 1).reshape(dim, heads * dim)  # [d, h*D + d] = m[h, d]
-        queries = torch.matmul(shared, blocks).view(bsz, tgt_len * heads, dim)
+        # one GEMM with the stacked diag(m_h) (H*D x D; weight[h*D + d, d] = m[h, d]), from a cached identity
+        weight = (mixing.unsqueeze(1) * _identity(dim, mixing.dtype, mixing.device)).view(heads * dim, dim)
+        queries = F.linear(shared, weight).view(bsz, tgt_len * heads, dim)
     scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, tgt_len, heads, src_len)
     bias = score_bias(content_bias, key_padding_mask, attn_mask, scores.dtype)
     if bias is not None:
@@ -168,6 +169,17 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs.transpose(1, 2), values)
+
+
+_IDENTITIES: Dict[Tuple, Tensor] = {}
+
+
+def _identity(dim: int, dtype, device) -> Tensor:
+    """torch.eye(dim), made once per (dim, dtype, device): a constant of every training step's mixing GEMM."""
+    key = (dim, dtype, device)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = torch.eye(dim, dtype=dtype, device=device)
+    return _IDENTITIES[key]
 
 
 def fused_attention(

@@ -243,13 +243,24 @@ class CollaborativeMultiheadAttention(nn.Module):
         # zero rows up to a multiple of 8 outputs: the slices then start 16-byte aligned, as fp16 GEMMs and
         # fused attention kernels that read them require (the H-wide content bias would misalign them)
         pad = -sum(sizes) % 8
-        weights = [proj.weight for proj in projections] + ([x.new_zeros(pad, x.size(-1))] if pad else [])
-        bias = None
-        if any(proj.bias is not None for proj in projections):
-            parts = [p.bias if p.bias is not None else x.new_zeros(n) for p, n in zip(projections, sizes)]
-            bias = torch.cat(parts + ([x.new_zeros(pad)] if pad else []))
-        out = F.linear(x, torch.cat(weights), bias)
+        weight = torch.cat([proj.weight for proj in projections])
+        if pad:
+            weight = F.pad(weight, (0, 0, 0, pad))
+        out = F.linear(x, weight, self._fused_bias(projections, sizes, pad))
         return out.split(sizes + ([pad] if pad else []), dim=-1)[: len(sizes)]
+
+    @staticmethod
+    def _fused_bias(projections, sizes, pad) -> Optional[Tensor]:
+        """The biases of ``projections`` as one vector, zeros where a projection has none (None if none has)."""
+        biased = [i for i, proj in enumerate(projections) if proj.bias is not None]
+        if not biased:
+            return None
+        if len(biased) == 1:  # collaborative heads: only the values' projection has a bias; one padding op
+            i = biased[0]
+            return F.pad(projections[i].bias, (sum(sizes[:i]), sum(sizes[i + 1 :]) + pad))
+        weight = projections[0].weight
+        parts = [p.bias if p.bias is not None else weight.new_zeros(n) for p, n in zip(projections, sizes)]
+        return torch.cat(parts + ([weight.new_zeros(pad)] if pad else []))
 
     def _key_projections(self):
         return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
