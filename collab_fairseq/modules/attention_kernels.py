@@ -145,10 +145,11 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     mixing   H x D        m_h, the attention scaling folded in
     keys     B x S x D    values, content_bias, masks, dropout_p and the result as for the other kernels
 
-    The per-head queries q_t * m_h come out of one GEMM of the shared queries with the block row
-    [diag(m_1) ... diag(m_H)] (D x H*D), already in the B x (T*H) x D layout the score GEMM reads. ``bmm`` builds
+    The per-head queries q_t * m_h come out of one GEMM of the shared queries with the stacked
+    [diag(m_1); ...; diag(m_H)] (H*D x D), already in the B x (T*H) x D layout the score GEMM reads. ``bmm`` builds
     them by a broadcast product over B x H x T x D, and that product and its two backward reductions are
-    elementwise passes over H*D values per token; here they are GEMMs (and m's gradient the diagonals of one).
+    elementwise passes over H*D values per token; here they are GEMMs (and m's gradient the diagonals of the
+    weight's, an H x D x D reduction).
     The scores come out B x T x H x S, and only the probabilities (H*S values per token, fewer than H*D at MT
     lengths) are transposed for P @ V. That copy is as large as the scores, so at long lengths this kernel needs
     more memory than ``bmm``; ``fused`` is the one for long sequences.
