@@ -190,44 +190,74 @@ def median_ups(log_text, warmup):
     return statistics.median(samples) if samples else None
 
 
+def scaling_log(workdir, name, k, repeat):
+    """Where the scaling run of (config, GPU count, repeat) writes its log (``--from-logs`` also takes
+    ``workdir/scaling_<config>_<k>gpu_r<repeat>.log``, the logs copied flat off a GPU machine)."""
+    run_dir = os.path.join(workdir, f"scaling_{name}_{k}gpu_r{repeat}")
+    return run_dir + ".log" if os.path.isfile(run_dir + ".log") else os.path.join(run_dir, "stdout.log")
+
+
+def finished_log(path, updates):
+    """The log's text if its run logged update ``updates`` (a complete run), else None."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    return text if updates in intervals(text) else None
+
+
 def scaling(args, configs, gpus):
     """Words/s of each config on each GPU count, every run alone on the machine, --repeats times (repeats
-    interleaved, so drift spreads over all counts); the median repeat per (config, GPUs)."""
+    interleaved, so drift spreads over all counts); the median repeat per (config, GPUs). The JSON (--out) is
+    rewritten after every repeat, so a run cut short keeps its complete repeats; --from-logs tabulates the
+    complete runs of an earlier run's logs without training."""
     counts = gpu_counts(args.gpu_counts, gpus)
+    if args.from_logs:
+        return scaling_result(args, configs, counts, commit=_logged_commit(args.workdir))
     env = dict(MAX_UPDATE=str(args.updates), EXTRA="--no-save --disable-validation --log-interval 10")
     if args.max_tokens:
         env["MAX_TOKENS"] = str(args.max_tokens)
     if args.tokens_per_update:
         env["TOKENS_PER_UPDATE"] = str(args.tokens_per_update)
-    batches = []
+    commit = _commit()
     for repeat in range(args.repeats):
+        batches = []
         for k in counts:
             jobs = []
             for name, cfg_env in configs:
-                save_dir = os.path.join(args.workdir, f"scaling_{name}_{k}gpu_r{repeat}")
-                shutil.rmtree(save_dir, ignore_errors=True)
-                os.makedirs(save_dir)
-                run_env = dict(cfg_env, DATA=args.data, SAVE_DIR=save_dir, SEED=str(args.seed), **env)
-                jobs.append(((name, k, repeat), args.recipe, run_env, f"{save_dir}/stdout.log"))
+                log = os.path.join(args.workdir, f"scaling_{name}_{k}gpu_r{repeat}", "stdout.log")
+                shutil.rmtree(os.path.dirname(log), ignore_errors=True)
+                os.makedirs(os.path.dirname(log))
+                run_env = dict(cfg_env, DATA=args.data, SAVE_DIR=os.path.dirname(log), SEED=str(args.seed), **env)
+                jobs.append(((name, k, repeat), args.recipe, run_env, log))
             # alone on the machine, or (--share-machine) as many k-GPU runs at once as there are GPU groups of k
             per_batch = len(gpus) // k if args.share_machine else 1
             for i in range(0, len(jobs), per_batch):
                 group = enumerate(jobs[i : i + per_batch])
                 batches.append([(key, script, e, gpus[j * k : (j + 1) * k], log) for j, (key, script, e, log) in group])
-    logs = run_batches(batches)
+        run_batches(batches)
+        result = scaling_result(args, configs, counts, commit)
+        if args.out:
+            write_json(args.out, dict(result[0], check="scaling", repeats_done=repeat + 1, argv=sys.argv))
+    return result
+
+
+def scaling_result(args, configs, counts, commit):
+    """(result, table, ok) from the complete runs' logs under args.workdir."""
     rows = []
     for name, _ in configs:
-        per_count = {}
+        logs = {}
         for k in counts:
-            repeats = [
-                median_wps(logs[(name, k, r)], args.warmup, f"{name} on {k} GPU(s)") for r in range(args.repeats)
-            ]
-            per_count[k] = repeats
+            found = [finished_log(scaling_log(args.workdir, name, k, r), args.updates) for r in range(args.repeats)]
+            logs[k] = [text for text in found if text is not None]
+            if not logs[k]:
+                raise RuntimeError(f"{name} on {k} GPU(s): no complete run ({args.updates} updates) in {args.workdir}")
+        per_count = {k: [median_wps(t, args.warmup, f"{name} on {k} GPU(s)") for t in logs[k]] for k in counts}
         one = statistics.median(per_count[1])
         for k in counts:
             wps = statistics.median(per_count[k])
-            batch = re.search(r"= (\d+) tokens/update", logs[(name, k, 0)])
-            ups = [median_ups(logs[(name, k, r)], args.warmup) for r in range(args.repeats)]
+            batch = re.search(r"= (\d+) tokens/update", logs[k][0])
+            ups = [median_ups(t, args.warmup) for t in logs[k]]
             rows.append(
                 {"config": name, "gpus": k, "wps": wps, "wps_1gpu": one, "speedup": wps / one,
                  "efficiency": wps / one / k, "repeats": per_count[k],
@@ -247,7 +277,25 @@ def scaling(args, configs, gpus):
     ok = all(r["speedup"] >= args.target for r in rows if r["gpus"] == counts[-1])
     result = {"gpu_counts": counts, "updates": args.updates, "warmup": args.warmup, "repeats": args.repeats,
               "share_machine": args.share_machine}  # fmt: skip
-    return dict(result, commit=_commit(), rows=rows, target=args.target), table, ok
+    return dict(result, commit=commit, rows=rows, target=args.target), table, ok
+
+
+def _logged_commit(workdir):
+    """The code record a GPU run left next to its logs (``python collab_fairseq/provenance.py > code.json``)."""
+    path = os.path.join(workdir, "code.json")
+    if not os.path.isfile(path):
+        sys.exit(f"error: --from-logs: {path} is missing; write the measured checkout's provenance.py output there")
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, result):
+    """Replace ``path`` whole (a reader never sees half a file); stdlib only, like the rest of this launcher."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False) as tmp:
+        json.dump(result, tmp, indent=1)
+    os.replace(tmp.name, path)
 
 
 def _commit():
@@ -440,6 +488,12 @@ def main():
         help="run configs of one GPU count side by side on disjoint GPUs (4 one-GPU runs on 4 GPUs, ...): "
         "~3x less machine time; they then share the host's CPUs and PCIe",
     )
+    p.add_argument(
+        "--from-logs",
+        action="store_true",
+        help="no training: tabulate the complete runs whose logs are in --workdir (scaling_<config>_<k>gpu_r<i>"
+        ".log or .../stdout.log) with the commit in --workdir/code.json",
+    )
     p = sub.add_parser("resume", parents=[common])
     p.add_argument("--save-dir", required=True)
     p.add_argument("--kill-at", type=int, required=True, help="kill a rank once train.log shows this update")
@@ -451,7 +505,8 @@ def main():
     p.add_argument("--evaluate", default="recipes/wmt14_en_de/evaluate.sh")
     p.add_argument("--save-dir", action="append", required=True, help="trained run (repeatable)")
     args = parser.parse_args()
-    gpus = visible_gpus()
+    from_logs = getattr(args, "from_logs", False)
+    gpus = [str(i) for i in range(max(map(int, args.gpu_counts.split(","))))] if from_logs else visible_gpus()
     configs = parse_configs(args.config)
     if args.check == "resume" and len(configs) != 1:
         parser.error("resume takes exactly one --config")
@@ -461,10 +516,7 @@ def main():
     )
     result.update(check=args.check, passed=ok, argv=sys.argv)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.out)), delete=False) as tmp:
-            json.dump(result, tmp, indent=1)
-        os.replace(tmp.name, args.out)
+        write_json(args.out, result)
     print("\n".join(table))
     print(f"{args.check}: {'PASSED' if ok else 'FAILED'}")
     sys.exit(0 if ok else 1)

@@ -1,4 +1,5 @@
-"""benchmarks/multi_gpu.py's kill-a-rank check, on a stand-in for fairseq-train that spawns two ranks like it.
+"""The multi-GPU tools on the CPU: benchmarks/multi_gpu.py (its kill-a-rank check on a stand-in for fairseq-train
+that spawns two ranks like it; scaling; wmt14_cost), and update_phases.py on the tiny copy task.
 
 The stand-in logs fairseq's interval lines, saves checkpoint_last every 5 updates and, when one exists,
 prints fairseq's "loaded checkpoint" line and continues from it; the recipe wraps it as train.sh does.
@@ -7,15 +8,18 @@ is killed the others cannot train on (without it rank 0 raced past the update th
 """
 
 import json
+import subprocess
 import sys
 import types
 
 import pytest
 
 from tests.helpers import REPO
+from tests.test_recipes_end_to_end import TINY
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import multi_gpu  # noqa: E402
+import update_phases  # noqa: E402
 import wmt14_cost  # noqa: E402
 
 FAKE_TRAIN = """
@@ -95,6 +99,7 @@ def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(t
     args = types.SimpleNamespace(
         gpu_counts="1,2,4", updates=40, warmup=15, max_tokens=None, tokens_per_update=None, repeats=3,
         workdir=str(tmp_path / "work"), data="unused", seed=1, recipe=str(recipe), target=3.5, share_machine=False,
+        out=None, from_logs=False,
     )  # fmt: skip
     result, table, ok = multi_gpu.scaling(args, [("transformer", {})], ["0", "1", "2", "3"])
     rows = {r["gpus"]: r for r in result["rows"]}
@@ -111,6 +116,16 @@ def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(t
     work = tmp_path / "work"
     assert "gpus=1\n" in (work / "scaling_b_1gpu_r0" / "stdout.log").read_text()  # beside a's run on GPU 0
     assert "gpus=2,3\n" in (work / "scaling_b_2gpu_r0" / "stdout.log").read_text()
+    out = tmp_path / "scaling.json"  # --out is rewritten after every repeat; --from-logs re-reads the same logs
+    args.out, args.repeats = str(out), 2
+    first, _, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
+    assert json.loads(out.read_text())["repeats_done"] == 2
+    (work / "code.json").write_text(json.dumps({"commit": "abc", "dirty": False, "code": "123"}))
+    (work / "scaling_b_4gpu_r1" / "stdout.log").write_text("cut short\n")  # an incomplete run is left out
+    args.from_logs = True
+    again, table, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
+    assert again["commit"]["commit"] == "abc" and again["rows"][:3] == first["rows"][:3]
+    assert [r["repeats"] for r in again["rows"] if r["config"] == "b" and r["gpus"] == 4] == [[4030.0]]
     assert multi_gpu.gpu_counts("1,2", ["0", "1"]) == [1, 2]
     with pytest.raises(SystemExit, match="within the 2 visible GPUs"):
         multi_gpu.gpu_counts("1,4", ["0", "1"])
@@ -128,3 +143,30 @@ def test_wmt14_cost_turns_updates_per_second_into_hours_and_marks_extrapolation(
     path.write_text(json.dumps({"rows": [{"config": "collab", "gpus": 1, "wps": 1.0}]}))
     with pytest.raises(SystemExit, match="no updates/s"):
         wmt14_cost.main([str(path)])
+
+
+def test_update_phases_times_the_recipes_own_command_phase_by_phase(copy_data, tmp_path):
+    """benchmarks/update_phases.py on the CPU: the WMT14 recipe's fairseq-train command (2 micro-batches per
+    update), every phase timed on each recorded update, and the phases add up to the update."""
+    _, bin_dir = copy_data
+    tiny = TINY.replace("--num-workers 0", "--num-workers 0 --cpu")
+    batch = "FP16=0 MAX_TOKENS=512 TOKENS_PER_UPDATE=1024"
+    out = tmp_path / "phases.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/update_phases.py", "--data", str(bin_dir), "--updates", "12", "--warmup", "4",
+         "--workdir", str(tmp_path / "work"), "--extra", tiny, "--out", str(out),
+         "--config", f"transformer:HEADS=transformer {batch}", "--config", f"collab:HEADS=collab KEY_DIM=8 {batch}"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["config"], r["gpus"]) for r in rows] == [("transformer", 1), ("collab", 1)]
+    for row in rows:
+        assert "1 GPU(s) x 512 tokens x update-freq 2" in row["plan"]
+        records = json.loads((tmp_path / "work" / f"phases_{row['config']}_1gpu" / "rank0.json").read_text())
+        assert len(records["records"]) == 12 - 4  # the updates after the warm-up
+        for r in records["records"]:
+            assert r["micro_batches"] == 2 and r["forward"] > 0 and r["backward"] > 0 and r["optimizer"] > 0
+            parts = sum(r[p] for p in update_phases.PHASES if p != "update")
+            assert abs(parts - r["update"]) < 1e-6 * max(1.0, r["update"])
+    assert "| collab | 1 | 2 |" in proc.stdout

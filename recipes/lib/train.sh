@@ -48,6 +48,10 @@ MAX_TOKENS=$(( (TOKENS_PER_UPDATE + WORLD * UPDATE_FREQ - 1) / (WORLD * UPDATE_F
 echo "[train] $HEADS D_k=${KEY_DIM:-full} seed=$SEED: $WORLD GPU(s) x $MAX_TOKENS tokens x update-freq $UPDATE_FREQ" \
      "= $((WORLD * MAX_TOKENS * UPDATE_FREQ)) tokens/update (target $TOKENS_PER_UPDATE) -> $SAVE_DIR" >&2
 
+print_command() {  # one line a shell can run again as it is (DRY_RUN)
+  local quoted; printf -v quoted '%q ' "$@"; echo "${quoted% }"
+}
+
 fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [more fairseq-train flags]
   local dir="$1" heads="$2" updates="$3" warmup="$4" init_lr="$5" patience="$6"; shift 6
   local model=(--arch "transformer_${ARCH_FAMILY}")
@@ -66,7 +70,7 @@ fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [m
     --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$updates" "${options[@]}"
     --seed "$SEED" --save-dir "$dir" --no-epoch-checkpoints --keep-last-epochs 0
     --log-format simple --log-interval 100 --no-progress-bar --tensorboard-logdir "$dir/tb" "$@")
-  if [[ "$DRY_RUN" == 1 ]]; then echo "${cmd[*]}"; return 0; fi
+  if [[ "$DRY_RUN" == 1 ]]; then print_command "${cmd[@]}"; return 0; fi
   mkdir -p "$dir"
   python3 "$REPO/collab_fairseq/provenance.py" >"$dir/code.json"  # which code trains it (evaluate copies it)
   local status=0
@@ -97,7 +101,7 @@ if [[ ! -s "$SAVE_DIR/checkpoint_last.pt" && ! -s "$INIT" ]]; then
   fairseq_train "$SAVE_DIR/warm_start" transformer "$WARM_START" "$WARMUP" 1e-07 "" ${WARM_START_EXTRA:-}
   reparam=(python3 -m collab_fairseq.cli.reparametrize "$SAVE_DIR/warm_start/checkpoint_last.pt" "$INIT"
            --key-dim "$KEY_DIM" --attentions "$ATTENTIONS" --report "$SAVE_DIR/warm_start/reparametrize.json" --force)
-  if [[ "$DRY_RUN" == 1 ]]; then echo "${reparam[*]}"; else "${reparam[@]}"; fi
+  if [[ "$DRY_RUN" == 1 ]]; then print_command "${reparam[@]}"; else "${reparam[@]}"; fi
 fi
 START=(--finetune-from-model "$INIT"); [[ -s "$SAVE_DIR/checkpoint_last.pt" ]] && START=()  # resuming
 # fp16: continue at the loss scale the transformer phase reached (collab-reparametrize's report keeps it); a fresh
