@@ -283,8 +283,9 @@ class CollaborativeMultiheadAttention(nn.Module):
         src_len, bsz, _ = v.shape
         k = k.transpose(0, 1)
         v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
-        # a dense B x H x S copy: the slice of the fused output is strided, and the bias becomes an attention mask
-        content_bias = c[0].permute(1, 2, 0).contiguous() if c else None
+        # a strided view of the fused output: the kernels add it to the scores or mask it (a new tensor either way),
+        # and the fused kernel makes its own dense copy
+        content_bias = c[0].permute(1, 2, 0) if c else None
         return q, k, content_bias, v
 
     def _head_queries(self, q: Tensor, dense: bool = True) -> Tensor:
