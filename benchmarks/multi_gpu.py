@@ -190,11 +190,15 @@ def median_ups(log_text, warmup):
     return statistics.median(samples) if samples else None
 
 
+def run_dir(workdir, name, k, repeat):
+    """The scaling run of (config, GPU count, repeat): its save dir, with its log in stdout.log."""
+    return os.path.join(workdir, f"scaling_{name}_{k}gpu_r{repeat}")
+
+
 def scaling_log(workdir, name, k, repeat):
-    """Where the scaling run of (config, GPU count, repeat) writes its log (``--from-logs`` also takes
-    ``workdir/scaling_<config>_<k>gpu_r<repeat>.log``, the logs copied flat off a GPU machine)."""
-    run_dir = os.path.join(workdir, f"scaling_{name}_{k}gpu_r{repeat}")
-    return run_dir + ".log" if os.path.isfile(run_dir + ".log") else os.path.join(run_dir, "stdout.log")
+    """That run's log (``--from-logs`` also takes ``<run dir>.log``, the logs copied flat off a GPU machine)."""
+    flat = run_dir(workdir, name, k, repeat) + ".log"
+    return flat if os.path.isfile(flat) else os.path.join(run_dir(workdir, name, k, repeat), "stdout.log")
 
 
 def finished_log(path, updates):
@@ -213,7 +217,7 @@ def scaling(args, configs, gpus):
     complete runs of an earlier run's logs without training."""
     counts = gpu_counts(args.gpu_counts, gpus)
     if args.from_logs:
-        return scaling_result(args, configs, counts, commit=_logged_commit(args.workdir))
+        return scaling_result(args, configs, counts, _logged_commit(args.workdir), args.repeats)
     env = dict(MAX_UPDATE=str(args.updates), EXTRA="--no-save --disable-validation --log-interval 10")
     if args.max_tokens:
         env["MAX_TOKENS"] = str(args.max_tokens)
@@ -225,7 +229,7 @@ def scaling(args, configs, gpus):
         for k in counts:
             jobs = []
             for name, cfg_env in configs:
-                log = os.path.join(args.workdir, f"scaling_{name}_{k}gpu_r{repeat}", "stdout.log")
+                log = os.path.join(run_dir(args.workdir, name, k, repeat), "stdout.log")
                 shutil.rmtree(os.path.dirname(log), ignore_errors=True)
                 os.makedirs(os.path.dirname(log))
                 run_env = dict(cfg_env, DATA=args.data, SAVE_DIR=os.path.dirname(log), SEED=str(args.seed), **env)
@@ -236,19 +240,19 @@ def scaling(args, configs, gpus):
                 group = enumerate(jobs[i : i + per_batch])
                 batches.append([(key, script, e, gpus[j * k : (j + 1) * k], log) for j, (key, script, e, log) in group])
         run_batches(batches)
-        result = scaling_result(args, configs, counts, commit)
+        result = scaling_result(args, configs, counts, commit, repeat + 1)  # not an earlier invocation's later ones
         if args.out:
             write_json(args.out, dict(result[0], check="scaling", repeats_done=repeat + 1, argv=sys.argv))
     return result
 
 
-def scaling_result(args, configs, counts, commit):
-    """(result, table, ok) from the complete runs' logs under args.workdir."""
+def scaling_result(args, configs, counts, commit, repeats):
+    """(result, table, ok) from the complete runs among the first ``repeats`` repeats' logs under args.workdir."""
     rows = []
     for name, _ in configs:
         logs = {}
         for k in counts:
-            found = [finished_log(scaling_log(args.workdir, name, k, r), args.updates) for r in range(args.repeats)]
+            found = [finished_log(scaling_log(args.workdir, name, k, r), args.updates) for r in range(repeats)]
             logs[k] = [text for text in found if text is not None]
             if not logs[k]:
                 raise RuntimeError(f"{name} on {k} GPU(s): no complete run ({args.updates} updates) in {args.workdir}")
@@ -506,6 +510,8 @@ def main():
     p.add_argument("--save-dir", action="append", required=True, help="trained run (repeatable)")
     args = parser.parse_args()
     from_logs = getattr(args, "from_logs", False)
+    if from_logs and not args.gpu_counts:
+        parser.error("--from-logs needs the --gpu-counts the logs were made with (e.g. 1,2,4)")
     gpus = [str(i) for i in range(max(map(int, args.gpu_counts.split(","))))] if from_logs else visible_gpus()
     configs = parse_configs(args.config)
     if args.check == "resume" and len(configs) != 1:

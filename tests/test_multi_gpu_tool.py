@@ -126,6 +126,9 @@ def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(t
     again, table, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
     assert again["commit"]["commit"] == "abc" and again["rows"][:3] == first["rows"][:3]
     assert [r["repeats"] for r in again["rows"] if r["config"] == "b" and r["gpus"] == 4] == [[4030.0]]
+    args.from_logs, args.repeats = False, 1  # the second repeat's logs of the run before are not this run's
+    once, _, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
+    assert all(len(r["repeats"]) == 1 for r in once["rows"])
     assert multi_gpu.gpu_counts("1,2", ["0", "1"]) == [1, 2]
     with pytest.raises(SystemExit, match="within the 2 visible GPUs"):
         multi_gpu.gpu_counts("1,4", ["0", "1"])
