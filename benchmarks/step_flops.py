@@ -3,7 +3,8 @@
 Device-independent: each configuration is built with fairseq's own task and model code (as in
 profile_training_step.py), runs one forward + backward pass of label-smoothed cross-entropy on a
 --sentences x --tokens batch (no padding, so every configuration does the same token work) on the CPU in
-fp32, and counts
+fp32 (``--dtype float16``: in fp16, as fairseq's --fp16 casts the model, which adds the casts around softmaxes
+computed in float32; several minutes on 2 cores), and counts
 
 - FLOPs with torch.utils.flop_counter (matrix products; fused attention counted as its math form) for
   the whole step, and for the forward pass split into the attention layers' projections (q/k/v/out,
@@ -11,8 +12,8 @@ fp32, and counts
 - operators dispatched, views excluded: on a GPU each is about one kernel launch, so this is the launch
   overhead a configuration adds (fused kernels differ by device; the count is a proxy, not a trace);
 - bytes read and written by the operators that are not matrix products or fused attention (elementwise,
-  softmax, dropout, copies, reductions: memory-bound work), counted at fp32: the traffic that GEMM FLOPs
-  do not show.
+  softmax, dropout, copies, reductions: memory-bound work), counted at the step's dtype: the traffic that
+  GEMM FLOPs do not show.
 
 The FLOP ratio is the speed-up a GPU could reach if the step were bound by matrix work alone: the ceiling
 for the training words/s measured by train_throughput.py.
@@ -83,7 +84,7 @@ def count_flops(fn):
 
 def count_config(name, flags, data_dir, args):
     model, criterion, task = build(flags, data_dir)
-    model.train()
+    model = model.to(getattr(torch, args.dtype)).train()  # float16: as fairseq's --fp16 casts the model
     (sample,) = batches(task, 1, args.sentences, args.tokens, torch.device("cpu"), padded=False)
 
     def forward():
@@ -117,7 +118,15 @@ def count_config(name, flags, data_dir, args):
 
 
 def main():
-    args = step_parser(__doc__, sentences=64, top=10).parse_args()
+    parser = step_parser(__doc__, sentences=64, top=10)
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="float16 counts the operators as fp16 training on a GPU dispatches them (its casts around the "
+        "float32 softmax included); its traffic column is then at fp16 too",
+    )
+    args = parser.parse_args()
     torch.manual_seed(0)
     rows = for_each_config(
         args,
@@ -132,6 +141,7 @@ def main():
                     "sentences": args.sentences,
                     "tokens": args.tokens,
                     "vocab": args.vocab,
+                    "dtype": args.dtype,
                     "rows": rows,
                 },
                 f,
@@ -140,7 +150,7 @@ def main():
     base = rows[0]
     print(
         f"one training step (forward + backward), {args.sentences} sentences x {args.tokens} tokens "
-        f"(source and target), vocabulary {args.vocab}; MFLOP per target token"
+        f"(source and target), vocabulary {args.vocab}, {args.dtype}; MFLOP per target token"
     )
     print(
         "| config | params | step | forward | forward: attention projections | forward: attention scores+values "

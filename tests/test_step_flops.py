@@ -22,9 +22,8 @@ from profile_training_step import op_differences, write_dict  # noqa: E402
 E, H, LAYERS, D_K, SENTENCES, TOKENS = 64, 4, 2 * 3, 32, 4, 8  # TINY_MODEL: 2+2 layers -> 6 attention layers
 
 
-@pytest.fixture(scope="module")
-def rows():
-    args = types.SimpleNamespace(sentences=SENTENCES, tokens=TOKENS, top=5)
+def _count(dtype):
+    args = types.SimpleNamespace(sentences=SENTENCES, tokens=TOKENS, top=100, dtype=dtype)
     with tempfile.TemporaryDirectory() as data_dir:
         write_dict(data_dir, 100)
         return {
@@ -34,6 +33,11 @@ def rows():
                 ("collab", " ".join(["--arch transformer_collab --collab-key-dim", str(D_K), *TINY_MODEL])),
             ]
         }
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return _count("float32")
 
 
 def test_attention_flops_match_the_closed_form(rows):
@@ -78,3 +82,13 @@ def test_the_profile_lines_up_each_op_with_the_baseline_largest_difference_first
         ("aten::_flash_attention_forward", 0.0, 0.3),
         ("aten::bmm", 0.5, 0.6),
     ]
+
+
+def test_float16_counts_the_casts_of_fp16_training_and_the_same_flops(rows):
+    """In fp16 the softmax runs in float32 between two casts (fairseq's and ours alike), operators that fp32 does
+    not dispatch; the matrix work is the same."""
+    half = _count("float16")
+    for name, row in rows.items():
+        assert half[name]["gflops_per_step"] == pytest.approx(row["gflops_per_step"])
+        casts = dict(half[name]["top_operators"]).get("_to_copy", 0) - dict(row["top_operators"]).get("_to_copy", 0)
+        assert half[name]["operators_per_step"] - row["operators_per_step"] == casts > 0
