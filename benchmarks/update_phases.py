@@ -37,29 +37,29 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
+
+from multi_gpu import parse_configs, write_json  # this directory: run as a script, or re-imported by a worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_ENV, SYNC_ENV, WARMUP_ENV = "UPDATE_PHASES_DIR", "UPDATE_PHASES_SYNC", "UPDATE_PHASES_WARMUP"
 PHASES = ["update", "outside", "forward", "backward", "stats sync", "multiply grads", "clip", "norm check",
           "optimizer", "logging", "other"]  # fmt: skip
-# (module, class, method) -> phase; forward is task.train_step's time minus the backward inside it
-TIMED = [
-    ("fairseq.tasks.fairseq_task", "FairseqTask", "train_step", "forward"),
-    ("fairseq.optim.fairseq_optimizer", "FairseqOptimizer", "backward", "backward"),
-    ("fairseq.optim.fp16_optimizer", "_FP16OptimizerMixin", "backward", "backward"),
-    ("fairseq.optim.fp16_optimizer", "_MemoryEfficientFP16OptimizerMixin", "backward", "backward"),
-    ("fairseq.trainer", "Trainer", "_aggregate_logging_outputs", "stats sync"),
-    ("fairseq.optim.fairseq_optimizer", "FairseqOptimizer", "multiply_grads", "multiply grads"),
-    ("fairseq.optim.fp16_optimizer", "_FP16OptimizerMixin", "multiply_grads", "multiply grads"),
-    ("fairseq.optim.fp16_optimizer", "_MemoryEfficientFP16OptimizerMixin", "multiply_grads", "multiply grads"),
-    ("fairseq.trainer", "Trainer", "clip_grad_norm", "clip"),
-    ("fairseq.trainer", "Trainer", "_check_grad_norms", "norm check"),
-    ("fairseq.tasks.fairseq_task", "FairseqTask", "optimizer_step", "optimizer"),
-    ("fairseq.trainer", "Trainer", "_reduce_and_log_stats", "logging"),
-]
+# (module, class) -> {method: phase}; forward is task.train_step's time minus the backward inside it
+OPTIMIZER_PHASES = {"backward": "backward", "multiply_grads": "multiply grads"}
+TIMED = {
+    ("fairseq.tasks.fairseq_task", "FairseqTask"): {"train_step": "forward", "optimizer_step": "optimizer"},
+    ("fairseq.optim.fairseq_optimizer", "FairseqOptimizer"): OPTIMIZER_PHASES,
+    ("fairseq.optim.fp16_optimizer", "_FP16OptimizerMixin"): OPTIMIZER_PHASES,
+    ("fairseq.optim.fp16_optimizer", "_MemoryEfficientFP16OptimizerMixin"): OPTIMIZER_PHASES,
+    ("fairseq.trainer", "Trainer"): {
+        "_aggregate_logging_outputs": "stats sync",
+        "clip_grad_norm": "clip",
+        "_check_grad_norms": "norm check",
+        "_reduce_and_log_stats": "logging",
+    },
+}
 
 
 class UpdateTimer:
@@ -126,12 +126,9 @@ class UpdateTimer:
         self.rank = trainer.data_parallel_rank
 
     def write(self):
-        if self.rank is None or not self.records:
-            return
-        path = os.path.join(self.out_dir, f"rank{self.rank}.json")
-        with tempfile.NamedTemporaryFile("w", dir=self.out_dir, delete=False) as tmp:
-            json.dump({"rank": self.rank, "sync": self.sync, "records": self.records}, tmp)
-        os.replace(tmp.name, path)
+        if self.rank is not None and self.records:
+            record = {"rank": self.rank, "sync": self.sync, "records": self.records}
+            write_json(os.path.join(self.out_dir, f"rank{self.rank}.json"), record)
 
 
 def install(out_dir, sync, warmup):
@@ -141,10 +138,11 @@ def install(out_dir, sync, warmup):
     from fairseq.trainer import Trainer
 
     timer = UpdateTimer(out_dir, sync, warmup)
-    for module, cls, method, phase in TIMED:
+    for (module, cls), phases in TIMED.items():
         owner = getattr(importlib.import_module(module), cls)
-        if method in vars(owner):  # only where the class defines it; subclasses' super() calls are not re-counted
-            setattr(owner, method, timer.wrap(vars(owner)[method], phase))
+        for method, phase in phases.items():
+            if method in vars(owner):  # only where the class defines it; subclasses' super() calls are not re-counted
+                setattr(owner, method, timer.wrap(vars(owner)[method], phase))
     Trainer.train_step = timer.wrap_train_step(Trainer.train_step)
     atexit.register(timer.write)
     return timer
@@ -224,15 +222,10 @@ def main():
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(max(counts)))).split(",")
     if max(counts) > len(visible):
         parser.error(f"--gpu-counts {args.gpu_counts}: only {len(visible)} GPU(s) visible")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from multi_gpu import parse_configs
-
     rows = [measure(args, name, cfg, k, visible) for name, cfg in parse_configs(args.config) for k in counts]
     print("\n".join(table(rows)))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"argv": sys.argv, "rows": rows}, f, indent=1)
+        write_json(args.out, {"argv": sys.argv, "rows": rows})
 
 
 if os.environ.get(OUT_ENV):  # the child (and each worker fairseq spawns from it, which re-imports this file)

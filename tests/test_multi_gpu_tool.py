@@ -172,4 +172,5 @@ def test_update_phases_times_the_recipes_own_command_phase_by_phase(copy_data, t
             assert r["micro_batches"] == 2 and r["forward"] > 0 and r["backward"] > 0 and r["optimizer"] > 0
             parts = sum(r[p] for p in update_phases.PHASES if p != "update")
             assert abs(parts - r["update"]) < 1e-6 * max(1.0, r["update"])
+            assert r["other"] >= 0 and r["outside"] >= 0  # no phase is timed twice (they fit in train_step)
     assert "| collab | 1 | 2 |" in proc.stdout
