@@ -4,8 +4,9 @@ Device-independent companion of beam_search.py: each configuration is built with
 profile_training_step.py), encodes --sentences random sentences of --source-tokens, and decodes
 incrementally (fairseq's incremental_state, as fairseq-generate does) up to each --length; the last step is
 counted: FLOPs (torch.utils.flop_counter), operators dispatched (views excluded; on a GPU about one kernel
-launch each) and the bytes of self-attention keys/values that step reads from the cache (fp16, per
-hypothesis). Run on the CPU in fp32 inference mode; counts per hypothesis.
+launch each), alone and with the cache reorder fairseq's beam search runs after every step, and the bytes
+of self-attention keys/values that step reads from the cache (fp16, per hypothesis). Run on the CPU in fp32
+inference mode; counts per hypothesis.
 
     python benchmarks/decode_step_counts.py --vocab 8000 --length 30 --length 200 \\
         --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
@@ -55,11 +56,14 @@ def count_config(name, flags, data_dir, args):
             state.update({k: dict(v) for k, v in before.items()})  # count the same step again
             with OperatorCounter() as ops:
                 decode()
+            with OperatorCounter() as reorder_ops:  # what fairseq's beam search adds to every step
+                model.decoder.reorder_incremental_state_scripting(state, torch.arange(args.sentences))
             row["steps"].append(
                 {
                     "length": length,
                     "flops_per_hypothesis": flops / args.sentences,
                     "operators": sum(ops.counts.values()),
+                    "reorder_operators": sum(reorder_ops.counts.values()),
                     "cache_bytes_per_hypothesis": cache,
                     "top_operators": ops.counts.most_common(args.top),
                 }
@@ -98,9 +102,10 @@ def main():
         f"vocabulary {args.vocab}; per hypothesis"
     )
     print(
-        "| L | config | MFLOP | vs baseline | operators | vs baseline | self-attention cache KB (fp16) | vs baseline |"
+        "| L | config | MFLOP | vs baseline | operators | vs baseline | + beam reorder | vs baseline "
+        "| self-attention cache KB (fp16) | vs baseline |"
     )
-    print("|---" * 8 + "|")
+    print("|---" * 10 + "|")
     for length in args.length:
         for r in rows:
             s = next(s for s in r["steps"] if s["length"] == length)
@@ -108,7 +113,9 @@ def main():
             print(
                 f"| {length} | {r['config']} | {s['flops_per_hypothesis'] / 1e6:.2f} "
                 f"| {s['flops_per_hypothesis'] / b['flops_per_hypothesis']:.3f} | {s['operators']} "
-                f"| {s['operators'] / b['operators']:.2f} | {s['cache_bytes_per_hypothesis'] / 1e3:.1f} "
+                f"| {s['operators'] / b['operators']:.2f} | {s['operators'] + s['reorder_operators']} "
+                f"| {(s['operators'] + s['reorder_operators']) / (b['operators'] + b['reorder_operators']):.2f} "
+                f"| {s['cache_bytes_per_hypothesis'] / 1e3:.1f} "
                 f"| {s['cache_bytes_per_hypothesis'] / b['cache_bytes_per_hypothesis']:.3f} |"
             )
 

@@ -48,6 +48,40 @@ def test_collab_model_learns_the_task_and_beam_search_translates(copy_data, coll
     assert bleu > 80, f"collab model did not learn the mapped-copy task: BLEU {bleu}"
 
 
+def _hypotheses(generate_output):
+    return sorted(line for line in generate_output.splitlines() if line.startswith("H-"))
+
+
+def test_beam_search_reorders_the_encoder_side_cache_only_when_the_batch_shrinks(copy_data, collab_run, monkeypatch):
+    """The cross-attention cache is left as it is while the batch keeps its size (fairseq's own layer does the same)
+    and reordered when finished sentences leave it: both happen here, and the hypotheses are those of a layer
+    that reorders every cache at every step."""
+    _, bin_dir = copy_data
+    checkpoint = collab_run / "checkpoint_last.pt"
+    reorder = CollaborativeMultiheadAttention.reorder_incremental_state
+    kept, shrunk = [], []
+
+    def recording(self, incremental_state, new_order):
+        cached = self._get_input_buffer(incremental_state).get("prev_key")
+        if self.encoder_decoder_attention and cached is not None:
+            (kept if cached.size(0) == new_order.size(0) else shrunk).append(new_order.size(0))
+        return reorder(self, incremental_state, new_order)
+
+    monkeypatch.setattr(CollaborativeMultiheadAttention, "reorder_incremental_state", recording)
+    ours = _hypotheses(_generate(bin_dir, checkpoint))
+    assert kept and shrunk
+
+    def every_cache_every_step(self, incremental_state, new_order):
+        buffer = self._get_input_buffer(incremental_state)
+        for name, cached in buffer.items():
+            if cached is not None:
+                buffer[name] = cached.index_select(0, new_order)
+        return self._set_input_buffer(incremental_state, buffer)
+
+    monkeypatch.setattr(CollaborativeMultiheadAttention, "reorder_incremental_state", every_cache_every_step)
+    assert _hypotheses(_generate(bin_dir, checkpoint)) == ours
+
+
 @pytest.mark.parametrize("kernel", ["sdpa", "folded"])
 def test_the_kernel_is_a_model_option_saved_and_overridable(copy_data, collab_run, tmp_path, kernel):
     _, bin_dir = copy_data

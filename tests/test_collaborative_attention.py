@@ -148,9 +148,9 @@ def test_incremental_cross_attention_computes_static_keys_once():
     calls = []
     fused_linear = layer._fused_linear
 
-    def counting(x, projections):
+    def counting(x, projections, *rest):
         calls.extend(1 for p in projections if p is layer.k_proj)
-        return fused_linear(x, projections)
+        return fused_linear(x, projections, *rest)
 
     layer._fused_linear = counting
     state = {}
@@ -312,3 +312,79 @@ def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
     auto, bmm = _auto_and_bmm_outputs()
     assert calls == [1]  # auto's fused fell back to folded; an explicit kernel's to bmm
     assert (auto - bmm).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("kernel", ["bmm", "mixgemm"])
+def test_a_decoding_run_keeps_the_weights_products_and_a_new_run_sees_new_weights(kernel):
+    """With gradients off (fairseq-generate), a decoding run makes the fused projection weight and the scaled
+    mixing once and keeps them beside its cache, untouched by the beam reorder: later steps dispatch fewer
+    operators and give the same outputs as steps that remake them (gradients on). The next run, after an update
+    of the weights the way fairseq's optimizers make it (in place through ``.data``, no version bump), uses the
+    new weights."""
+    import sys
+
+    from tests.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from step_flops import OperatorCounter
+
+    layer = _random_layer("self")
+    layer.kernel = kernel
+    query, _, _ = _inputs("self", tgt_len=4)
+    new_order = torch.tensor([2, 0, 1])
+
+    def decode(grad):
+        state, outs, counts = {}, [], []
+        with torch.set_grad_enabled(grad):
+            for t in range(4):
+                with OperatorCounter() as ops:
+                    outs.append(layer(query[t : t + 1], None, None, incremental_state=state, need_weights=False)[0])
+                counts.append(sum(ops.counts.values()))
+                layer.reorder_incremental_state(state, new_order)
+        return torch.cat(outs).detach(), counts
+
+    remade, remade_counts = decode(grad=True)
+    kept, kept_counts = decode(grad=False)
+    assert torch.equal(kept, remade)
+    assert kept_counts[0] == remade_counts[0]
+    assert all(k < r for k, r in zip(kept_counts[1:], remade_counts[1:]))
+
+    for p in layer.parameters():
+        p.data.copy_(p.data * 1.5)
+    updated, _ = decode(grad=False)
+    assert torch.equal(updated, decode(grad=True)[0])
+    assert not torch.allclose(updated, kept)
+
+
+def test_cross_attention_cache_is_reordered_only_when_the_batch_shrinks():
+    """As fairseq's MultiheadAttention: a beam reorder that keeps the batch size permutes the hypotheses of each
+    sentence, whose encoder-side rows are equal, so the cross-attention cache stays as it is (same tensors, same
+    next output as a reordered copy); when a finished sentence leaves the batch the cache is reordered."""
+    layer = _random_layer("cross")
+    query, key, padding = _inputs("cross", tgt_len=3)
+    beam = 2  # each sentence's encoder output repeated per hypothesis, as fairseq-generate does
+    query, key, padding = (
+        query.repeat_interleave(beam, 1),
+        key.repeat_interleave(beam, 1),
+        padding.repeat_interleave(beam, 0),
+    )
+
+    def step(t, state, order=slice(None)):
+        return layer(query[t : t + 1, order], key, key, key_padding_mask=padding, incremental_state=state,
+                     static_kv=True)[0]  # fmt: skip
+
+    state = {}
+    step(0, state)
+    cache = dict(layer._get_input_buffer(state))
+    within = torch.tensor([1, 0, 2, 3, 5, 4])
+    layer.reorder_incremental_state(state, within)
+    assert all(layer._get_input_buffer(state)[name] is cached for name, cached in cache.items())
+    copied = {name: cached.index_select(0, within) for name, cached in cache.items()}
+    reference = {}
+    layer._set_input_buffer(reference, copied)
+    assert torch.equal(step(1, state, within), step(1, reference, within))
+
+    shrink = torch.tensor([0, 1, 4, 5])  # the second sentence finished
+    layer.reorder_incremental_state(state, shrink)
+    for name, cached in layer._get_input_buffer(state).items():
+        assert torch.equal(cached, cache[name].index_select(0, shrink))

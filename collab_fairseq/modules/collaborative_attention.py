@@ -235,19 +235,40 @@ class CollaborativeMultiheadAttention(nn.Module):
         self.onnx_trace = True
 
     # ------------------------------------------------------------------ projections
-    def _fused_linear(self, x: Tensor, projections) -> Tuple[Tensor, ...]:
-        """Apply several Linear layers that read the same input with one GEMM; returns their outputs."""
+    def _fused_linear(self, x: Tensor, projections, constants: Optional[Dict[str, Optional[Tensor]]] = None):
+        """Apply several Linear layers that read the same input with one GEMM; returns their outputs.
+        ``constants``: the decoding run's (:meth:`_decoding_constants`), which keeps the fused weight."""
         if not self.fuse_projections or len(projections) == 1:
             return tuple(proj(x) for proj in projections)
         sizes = [proj.weight.size(0) for proj in projections]
         # zero rows up to a multiple of 8 outputs: the slices then start 16-byte aligned, as fp16 GEMMs and
         # fused attention kernels that read them require (the H-wide content bias would misalign them)
         pad = -sum(sizes) % 8
-        weight = torch.cat([proj.weight for proj in projections])
-        if pad:
-            weight = F.pad(weight, (0, 0, 0, pad))
-        out = F.linear(x, weight, self._fused_bias(projections, sizes, pad))
+        key = "fused_" + "_".join(str(id(proj)) for proj in projections)
+        if constants is not None and key + "_weight" in constants:
+            weight, bias = constants[key + "_weight"], constants[key + "_bias"]
+        else:
+            weight = torch.cat([proj.weight for proj in projections])
+            if pad:
+                weight = F.pad(weight, (0, 0, 0, pad))
+            bias = self._fused_bias(projections, sizes, pad)
+            if constants is not None:
+                constants[key + "_weight"], constants[key + "_bias"] = weight, bias
+        out = F.linear(x, weight, bias)
         return out.split(sizes + ([pad] if pad else []), dim=-1)[: len(sizes)]
+
+    def _decoding_constants(self, incremental_state) -> Optional[Dict[str, Optional[Tensor]]]:
+        """What every step of one incremental decoding run recomputes from the weights alone (the fused projection
+        weight, the scaled mixing matrix), kept in the run's ``incremental_state`` beside the cache, so that a
+        step does not dispatch those operators again; the weights cannot change within a run. None (compute
+        them) outside incremental decoding and with gradients on."""
+        if incremental_state is None or torch.is_grad_enabled():
+            return None
+        constants = self.get_incremental_state(incremental_state, "constants")
+        if constants is None:
+            constants = {}
+            self.set_incremental_state(incremental_state, "constants", constants)
+        return constants
 
     @staticmethod
     def _fused_bias(projections, sizes, pad) -> Optional[Tensor]:
@@ -265,20 +286,21 @@ class CollaborativeMultiheadAttention(nn.Module):
     def _key_projections(self):
         return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
 
-    def _project(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor]):
-        """q: T x B x D_k; k: B x S x D_k; content bias: B x H x S (or None); v: B x H x S x d_v (None if no key)."""
+    def _project(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor], constants=None):
+        """q: T x B x D_k; k: B x S x D_k; content bias: B x H x S (or None); v: B x H x S x d_v (None if no key).
+        ``constants``: a decoding run's (:meth:`_decoding_constants`), or None."""
         kv_proj = self._key_projections()
         if key is None:
             (q,) = self._fused_linear(query, [self.q_proj])
             return q, None, None, None
         if key is query and value is query:
-            q, k, v, *c = self._fused_linear(query, [self.q_proj] + kv_proj)
+            q, k, v, *c = self._fused_linear(query, [self.q_proj] + kv_proj, constants)
         else:
             (q,) = self._fused_linear(query, [self.q_proj])
             if value is key:
-                k, v, *c = self._fused_linear(key, kv_proj)
+                k, v, *c = self._fused_linear(key, kv_proj, constants)
             else:
-                k, *c = self._fused_linear(key, [p for p in kv_proj if p is not self.v_proj])
+                k, *c = self._fused_linear(key, [p for p in kv_proj if p is not self.v_proj], constants)
                 v = self.v_proj(value)
         src_len, bsz, _ = v.shape
         k = k.transpose(0, 1)
@@ -288,9 +310,10 @@ class CollaborativeMultiheadAttention(nn.Module):
         content_bias = c[0].permute(1, 2, 0) if c else None
         return q, k, content_bias, v
 
-    def _head_queries(self, q: Tensor, dense: bool = True) -> Tensor:
+    def _head_queries(self, q: Tensor, dense: bool = True, constants=None) -> Tensor:
         """T x B x D_k -> per-head queries times the scaling, B x H x T x d (d = D_k collaborative, D_k/H
-        concatenate); ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway)."""
+        concatenate); ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway);
+        ``constants``: a decoding run's, or None."""
         tgt_len, bsz, _ = q.shape
         if self.collaborative:
             # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query (the scaling folded
@@ -301,7 +324,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             shared = q.transpose(0, 1)
             if dense and tgt_len > 1:
                 shared = shared.contiguous()
-            return shared.unsqueeze(1) * self._scaled_mixing(q.dtype)[None, :, None, :]
+            return shared.unsqueeze(1) * self._scaled_mixing(q.dtype, constants)[None, :, None, :]
         return (q * self.scaling).view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
 
     def _head_keys(self, k: Tensor) -> Tensor:
@@ -354,7 +377,8 @@ class CollaborativeMultiheadAttention(nn.Module):
 
         if self.self_attention:
             key = value = query
-        q, k, content_bias, v = self._project(query, key, value)
+        constants = self._decoding_constants(incremental_state)
+        q, k, content_bias, v = self._project(query, key, value, constants)
 
         if saved_state is not None:
             k, content_bias, v, key_padding_mask = self._update_cache(
@@ -367,14 +391,14 @@ class CollaborativeMultiheadAttention(nn.Module):
 
         if before_softmax:
             bias = score_bias(content_bias, key_padding_mask, attn_mask, q.dtype)
-            scores = attention_scores(self._head_queries(q), self._head_keys(k), bias)
+            scores = attention_scores(self._head_queries(q, constants=constants), self._head_keys(k), bias)
             return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
         if not need_weights:
             kernel_name = resolve_kernel(self.kernel, q.is_cuda, tgt_len, src_len)
             if kernel_name in SHARED_QUERY_KERNELS and self.collaborative:
                 attn = SHARED_QUERY_KERNELS[kernel_name](
-                    q.transpose(0, 1), self._scaled_mixing(q.dtype), k, v, content_bias, key_padding_mask, attn_mask,
-                    self._dropout_p(),
+                    q.transpose(0, 1), self._scaled_mixing(q.dtype, constants), k, v, content_bias, key_padding_mask,
+                    attn_mask, self._dropout_p(),
                 )  # fmt: skip
                 if attn is not None:  # None: the kernel cannot run these inputs; a kernel below can
                     return self._output(attn, tgt_len, bsz), None
@@ -382,7 +406,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             kernel = KERNELS[kernel_name]
             dense = kernel_name != "folded"  # folded copies the queries anyway
             attn = kernel(
-                self._head_queries(q, dense=dense),
+                self._head_queries(q, dense=dense, constants=constants),
                 self._head_keys(k),
                 v,
                 content_bias,
@@ -393,7 +417,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             return self._output(attn, tgt_len, bsz), None
 
         attn, probs = explicit_attention(
-            self._head_queries(q),
+            self._head_queries(q, constants=constants),
             self._head_keys(k),
             v,
             content_bias,
@@ -407,9 +431,16 @@ class CollaborativeMultiheadAttention(nn.Module):
             weights = weights.mean(dim=0)
         return self._output(attn, tgt_len, bsz), weights
 
-    def _scaled_mixing(self, dtype) -> Tensor:
-        """M times the attention scaling (H x D_k): row h turns a shared query into head h's query."""
-        return (self.mixing_matrix() * self.scaling).to(dtype)
+    def _scaled_mixing(self, dtype, constants: Optional[Dict[str, Optional[Tensor]]] = None) -> Tensor:
+        """M times the attention scaling (H x D_k): row h turns a shared query into head h's query
+        (kept in ``constants``, a decoding run's, if given)."""
+        key = f"scaled_mixing_{dtype}"
+        mixing = None if constants is None else constants.get(key)
+        if mixing is None:
+            mixing = (self.mixing_matrix() * self.scaling).to(dtype)
+            if constants is not None:
+                constants[key] = mixing
+        return mixing
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""
@@ -448,8 +479,17 @@ class CollaborativeMultiheadAttention(nn.Module):
     def reorder_incremental_state(
         self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor
     ) -> Dict[str, Dict[str, Optional[Tensor]]]:
-        """Beam search: select the cache rows (batch dim 0 of every entry) of the surviving hypotheses."""
+        """Beam search: select the cache rows (batch dim 0 of every entry) of the surviving hypotheses.
+
+        The encoder-side cache of cross-attention is left as it is while the batch keeps its size, as fairseq's
+        MultiheadAttention leaves it: fairseq's search then only permutes the hypotheses of each sentence, whose
+        rows of that cache are equal (the encoder output repeated per hypothesis), so selecting them would copy
+        the whole cache at every step for nothing. It is reordered when finished sentences leave the batch."""
         input_buffer = self._get_input_buffer(incremental_state)
+        if self.encoder_decoder_attention and input_buffer:
+            cached = next((t for t in input_buffer.values() if t is not None), None)
+            if cached is not None and cached.size(0) == new_order.size(0):
+                return incremental_state
         if input_buffer is not None:
             for name, cached in input_buffer.items():
                 if cached is not None:
