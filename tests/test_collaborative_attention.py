@@ -305,7 +305,7 @@ def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
     import collab_fairseq.modules.collaborative_attention as attention
 
     monkeypatch.setattr(attention, "resolve_kernel", lambda *args: "fused")
-    monkeypatch.setitem(kernels.SHARED_QUERY_KERNELS, "fused", lambda *args: None)  # "cannot run these inputs"
+    monkeypatch.setitem(kernels.SHARED_QUERY_KERNELS, "fused", lambda *args, **kwargs: None)  # "cannot run these"
     calls = []
     folded = kernels.KERNELS["folded"]
     monkeypatch.setitem(kernels.KERNELS, "folded", lambda *args: calls.append(1) or folded(*args))

@@ -138,11 +138,13 @@ def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn
     )
 
 
-def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+def mixing_gemm_attention(
+    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
+) -> Tensor:
     """The ``mixgemm`` kernel: ``bmm``'s arithmetic for collaborative heads, laid out token-major.
 
     shared   B x T x D    the shared queries (D = D_k)
-    mixing   H x D        m_h, the attention scaling folded in
+    mixing   H x D        m_h, times ``mixing_scale`` (the attention scaling) where the kernel uses it
     keys     B x S x D    values, content_bias, masks, dropout_p and the result as for the other kernels
 
     The per-head queries q_t * m_h come out of one GEMM of the shared queries with the stacked
@@ -157,10 +159,12 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
     bsz, tgt_len, dim = shared.shape
     heads, src_len = mixing.size(0), keys.size(1)
     if tgt_len == 1:  # a decoding step: H x D values per sentence, where one product is cheaper than a GEMM
-        queries = shared * mixing  # B x 1 x D times H x D -> B x H x D
+        queries = shared * (mixing if mixing_scale == 1.0 else mixing * mixing_scale)  # B x 1 x D, H x D -> B x H x D
     else:
-        # one GEMM with the stacked diag(m_h) (H*D x D; weight[h*D + d, d] = m[h, d]), from a cached identity
-        weight = (mixing.unsqueeze(1) * _identity(dim, mixing.dtype, mixing.device)).view(heads * dim, dim)
+        # one GEMM with the stacked diag(m_h) (H*D x D; weight[h*D + d, d] = m[h, d] * scale), from a cached
+        # identity that carries the scale (in the mixing's dtype), so scaling costs no product of its own
+        identity = _identity(dim, mixing.dtype, mixing.device, mixing_scale)
+        weight = (mixing.unsqueeze(1) * identity).view(heads * dim, dim)
         queries = F.linear(shared, weight).view(bsz, tgt_len * heads, dim)
     scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, tgt_len, heads, src_len)
     bias = score_bias(content_bias, key_padding_mask, attn_mask, scores.dtype)
@@ -175,16 +179,17 @@ def mixing_gemm_attention(shared, mixing, keys, values, content_bias, key_paddin
 _IDENTITIES: Dict[Tuple, Tensor] = {}
 
 
-def _identity(dim: int, dtype, device) -> Tensor:
-    """torch.eye(dim), made once per (dim, dtype, device): a constant of every training step's mixing GEMM."""
-    key = (dim, dtype, device)
+def _identity(dim: int, dtype, device, scale: float = 1.0) -> Tensor:
+    """scale * torch.eye(dim), made once per (dim, dtype, device, scale): a constant of every training step's
+    mixing GEMM."""
+    key = (dim, dtype, device, scale)
     if key not in _IDENTITIES:
-        _IDENTITIES[key] = torch.eye(dim, dtype=dtype, device=device)
+        _IDENTITIES[key] = torch.eye(dim, dtype=dtype, device=device) * scale
     return _IDENTITIES[key]
 
 
 def fused_attention(
-    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p
+    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
 ) -> Optional[Tensor]:
     """The ``fused`` kernel (modules/fused_collab_attention.py, Triton; arguments as for ``mixgemm``), or None
     where it cannot run: no Triton (CPU-only torch), CPU tensors outside Triton's interpreter, widths over 128,
@@ -196,14 +201,17 @@ def fused_attention(
     causal = None if attn_mask is None else is_future_mask(attn_mask)
     if not fused.supported(shared, values, causal, dropout_p):
         return None
+    if mixing_scale != 1.0:
+        mixing = mixing * mixing_scale
     return fused.fused_collab_attention(
         shared, mixing, keys, values, content_bias, key_padding_mask, bool(causal), dropout_p
     )
 
 
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
-# these take the shared queries (B x T x D_k) and the scaled mixing matrix, so the layer calls them itself;
-# a None result means "cannot run these inputs", and the layer takes fallback_kernel(...)
+# these take the shared queries (B x T x D_k) and the mixing matrix with the factor that scales it (the attention
+# scaling), so the layer calls them itself; a None result means "cannot run these inputs", and the layer takes
+# fallback_kernel(...)
 SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention}
 KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
 

@@ -396,9 +396,10 @@ class CollaborativeMultiheadAttention(nn.Module):
         if not need_weights:
             kernel_name = resolve_kernel(self.kernel, q.is_cuda, tgt_len, src_len)
             if kernel_name in SHARED_QUERY_KERNELS and self.collaborative:
+                mixing, mixing_scale = self._kernel_mixing(q.dtype, constants)
                 attn = SHARED_QUERY_KERNELS[kernel_name](
-                    q.transpose(0, 1), self._scaled_mixing(q.dtype, constants), k, v, content_bias, key_padding_mask,
-                    attn_mask, self._dropout_p(),
+                    q.transpose(0, 1), mixing, k, v, content_bias, key_padding_mask, attn_mask, self._dropout_p(),
+                    mixing_scale=mixing_scale,
                 )  # fmt: skip
                 if attn is not None:  # None: the kernel cannot run these inputs; a kernel below can
                     return self._output(attn, tgt_len, bsz), None
@@ -441,6 +442,14 @@ class CollaborativeMultiheadAttention(nn.Module):
             if constants is not None:
                 constants[key] = mixing
         return mixing
+
+    def _kernel_mixing(self, dtype, constants) -> Tuple[Tensor, float]:
+        """(mixing, scale) for the shared-query kernels, M times the attention scaling being mixing * scale: a
+        decoding run's scaled mixing and 1, else the stored parameter and the factor, which the kernel folds into
+        a product it makes anyway (one operator less forward and backward per layer while training)."""
+        if constants is not None:
+            return self._scaled_mixing(dtype, constants), 1.0
+        return self.mixing.to(dtype), self.scaling * self._storage_scale()
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""
