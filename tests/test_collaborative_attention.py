@@ -136,9 +136,10 @@ def test_incremental_self_attention_equals_full_causal_forward(mode, mixing_init
     steps = [layer(query[t : t + 1], None, None, incremental_state=state, need_weights=False)[0] for t in range(6)]
     assert (torch.cat(steps) - full).abs().max() <= TOL
     cache = layer._get_input_buffer(state)
-    assert cache["prev_key"].shape == (3, 6, key_dim)  # shared keys, one copy for all heads
+    # shared keys, one copy for all heads; collaborative: [k | c], the content bias folded in
+    assert cache["prev_key"].shape == (3, 6, key_dim + (HEADS if mode == "collaborative" else 0))
     assert cache["prev_value"].shape == (3, HEADS, 6, EMBED // HEADS)
-    assert ("prev_content_bias" in cache) == (mode == "collaborative")
+    assert "prev_content_bias" not in cache
 
 
 def test_incremental_cross_attention_computes_static_keys_once():
@@ -146,13 +147,17 @@ def test_incremental_cross_attention_computes_static_keys_once():
     query, key, padding = _inputs("cross", tgt_len=5)
     full, _ = layer(query, key, key, key_padding_mask=padding, static_kv=True)
     calls = []
-    fused_linear = layer._fused_linear
+    fused_linear, stacked_linear = layer._fused_linear, layer._stacked_linear
 
     def counting(x, projections, *rest):
         calls.extend(1 for p in projections if p is layer.k_proj)
         return fused_linear(x, projections, *rest)
 
-    layer._fused_linear = counting
+    def counting_stacked(x, groups, *rest):  # decoding with the content bias folded into the keys
+        calls.extend(1 for group in groups for p in group if p is layer.k_proj)
+        return stacked_linear(x, groups, *rest)
+
+    layer._fused_linear, layer._stacked_linear = counting, counting_stacked
     state = {}
     steps = [
         layer(query[t : t + 1], key, key, key_padding_mask=padding, incremental_state=state, static_kv=True)[0]
@@ -375,7 +380,8 @@ def test_cross_attention_cache_is_reordered_only_when_the_batch_shrinks():
 
     state = {}
     step(0, state)
-    cache = dict(layer._get_input_buffer(state))
+    cache = {name: cached for name, cached in layer._get_input_buffer(state).items() if cached is not None}
+    assert cache["prev_value"].is_contiguous()  # or the values' GEMM would copy the kept cache at every step
     within = torch.tensor([1, 0, 2, 3, 5, 4])
     layer.reorder_incremental_state(state, within)
     assert all(layer._get_input_buffer(state)[name] is cached for name, cached in cache.items())
@@ -386,5 +392,5 @@ def test_cross_attention_cache_is_reordered_only_when_the_batch_shrinks():
 
     shrink = torch.tensor([0, 1, 4, 5])  # the second sentence finished
     layer.reorder_incremental_state(state, shrink)
-    for name, cached in layer._get_input_buffer(state).items():
-        assert torch.equal(cached, cache[name].index_select(0, shrink))
+    for name, cached in cache.items():
+        assert torch.equal(layer._get_input_buffer(state)[name], cached.index_select(0, shrink))

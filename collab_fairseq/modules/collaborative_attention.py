@@ -43,6 +43,7 @@ from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 from collab_fairseq.modules.attention_kernels import (
+    FOLDED_PADDING_KEY,
     KERNEL_NAMES,
     KERNELS,
     SHARED_QUERY_KERNELS,
@@ -310,10 +311,92 @@ class CollaborativeMultiheadAttention(nn.Module):
         content_bias = c[0].permute(1, 2, 0) if c else None
         return q, k, content_bias, v
 
-    def _head_queries(self, q: Tensor, dense: bool = True, constants=None) -> Tensor:
+    # ------------------------------------------------------------------ decoding with the content bias in the keys
+    def _folds_content_bias(self, incremental_state, key, value, static_kv: bool) -> bool:
+        """Whether this call decodes with the content bias folded into the keys (:meth:`_project_folded`): collaborative
+        heads with a content bias, fused projections, in fairseq's two incremental cases (self-attention, and
+        encoder-decoder attention over static keys that are also the values)."""
+        return (
+            incremental_state is not None
+            and self.collaborative
+            and self.content_bias is not None
+            and self.fuse_projections
+            and (self.self_attention or (static_kv and key is value))
+        )
+
+    def _project_folded(self, query: Tensor, key: Optional[Tensor], constants):
+        """The projections of a decoding step with the content bias folded into the keys:
+        q': T x B x (D_k + H) = [q | 1 ... 1]; k': B x S x (D_k + H) = [k | c]; v: B x H x S x d_v (k', v None
+        without a key). Head h's query under :meth:`_folded_mixing` is [s q m_h | e_h], so q'_h . k' =
+        s q m_h . k + c_h(y): the content bias needs no cache entry, reorder or score addition of its own, and
+        one GEMM gives every piece as a view (:meth:`_stacked_linear`)."""
+        query_group = [self.q_proj, "ones"]
+        key_groups = [[self.k_proj, self.content_bias], [self.v_proj]]
+        if key is None:
+            (q,) = self._stacked_linear(query, [query_group], constants)
+            return q, None, None
+        if key is query:
+            q, k, v = self._stacked_linear(query, [query_group, *key_groups], constants)
+        else:
+            (q,) = self._stacked_linear(query, [query_group], constants)
+            k, v = self._stacked_linear(key, key_groups, constants)
+        src_len, bsz, _ = v.shape
+        v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        return q, k.transpose(0, 1), v
+
+    def _stacked_linear(self, x: Tensor, groups, constants) -> Tuple[Tensor, ...]:
+        """One GEMM for groups of projections of ``x``: one view per group, its projections' outputs side by side
+        (``"ones"``: H outputs equal to 1, from zero weights and a bias of 1); each group starts 8-aligned (zero
+        rows in between). The stacked weight is made once per decoding run (``constants``)."""
+        sizes = [sum(self.num_heads if isinstance(p, str) else p.weight.size(0) for p in group) for group in groups]
+        pads = [-size % 8 for size in sizes]
+        key = "stacked_" + "_".join(str(id(p)) if not isinstance(p, str) else p for group in groups for p in group)
+        if constants is not None and key + "_weight" in constants:
+            weight, bias = constants[key + "_weight"], constants[key + "_bias"]
+        else:
+            like, width = self.q_proj.weight, x.size(-1)
+            weights, biases = [], []
+            for group, pad in zip(groups, pads):
+                for p in group:
+                    if isinstance(p, str):  # "ones"
+                        weights.append(like.new_zeros(self.num_heads, width))
+                        biases.append(like.new_ones(self.num_heads))
+                    else:
+                        weights.append(p.weight)
+                        biases.append(p.bias if p.bias is not None else like.new_zeros(p.weight.size(0)))
+                weights.append(like.new_zeros(pad, width))
+                biases.append(like.new_zeros(pad))
+            weight, bias = torch.cat(weights), torch.cat(biases)
+            if constants is not None:
+                constants[key + "_weight"], constants[key + "_bias"] = weight, bias
+        out = F.linear(x, weight, bias)
+        views, start = [], 0
+        for size, pad in zip(sizes, pads):
+            views.append(out[..., start : start + size])
+            start += size + pad
+        return tuple(views)
+
+    def _folded_mixing(self, dtype, constants) -> Tensor:
+        """[s M | I_H] (H x (D_k + H)): head h's query from [q | 1 ... 1] is [s q m_h | e_h] (kept in ``constants``)."""
+        key = f"folded_mixing_{dtype}"
+        mixing = None if constants is None else constants.get(key)
+        if mixing is None:
+            scaled = self._scaled_mixing(dtype)
+            mixing = torch.cat([scaled, torch.eye(self.num_heads, dtype=dtype, device=scaled.device)], dim=1)
+            if constants is not None:
+                constants[key] = mixing
+        return mixing
+
+    @staticmethod
+    def _fold_padding(keys: Tensor, key_padding_mask: Tensor, key_dim: int) -> Tensor:
+        """[k | c] with c = FOLDED_PADDING_KEY at padded keys (B x S x (D_k + H)): the padding folded in too."""
+        padding = key_padding_mask.to(torch.bool)[:, :, None]
+        return torch.cat([keys[..., :key_dim], keys[..., key_dim:].masked_fill(padding, FOLDED_PADDING_KEY)], dim=-1)
+
+    def _head_queries(self, q: Tensor, dense: bool = True, constants=None, mixing: Optional[Tensor] = None) -> Tensor:
         """T x B x D_k -> per-head queries times the scaling, B x H x T x d (d = D_k collaborative, D_k/H
         concatenate); ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway);
-        ``constants``: a decoding run's, or None."""
+        ``constants``: a decoding run's, or None; ``mixing``: in place of s M (the folded decoding's)."""
         tgt_len, bsz, _ = q.shape
         if self.collaborative:
             # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query (the scaling folded
@@ -324,7 +407,9 @@ class CollaborativeMultiheadAttention(nn.Module):
             shared = q.transpose(0, 1)
             if dense and tgt_len > 1:
                 shared = shared.contiguous()
-            return shared.unsqueeze(1) * self._scaled_mixing(q.dtype, constants)[None, :, None, :]
+            if mixing is None:
+                mixing = self._scaled_mixing(q.dtype, constants)
+            return shared.unsqueeze(1) * mixing[None, :, None, :]
         return (q * self.scaling).view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
 
     def _head_keys(self, k: Tensor) -> Tensor:
@@ -378,7 +463,16 @@ class CollaborativeMultiheadAttention(nn.Module):
         if self.self_attention:
             key = value = query
         constants = self._decoding_constants(incremental_state)
-        q, k, content_bias, v = self._project(query, key, value, constants)
+        mixing = None  # the per-head query mixing, if not the layer's s M
+        if self._folds_content_bias(incremental_state, key, value, static_kv):
+            q, k, v = self._project_folded(query, key, constants)
+            content_bias, mixing = None, self._folded_mixing(q.dtype, constants)
+            if static_kv:  # encoder keys: their padding goes into the cached keys once; no mask after that
+                if k is not None and key_padding_mask is not None:
+                    k = self._fold_padding(k, key_padding_mask, self.key_dim)
+                key_padding_mask = None
+        else:
+            q, k, content_bias, v = self._project(query, key, value, constants)
 
         if saved_state is not None:
             k, content_bias, v, key_padding_mask = self._update_cache(
@@ -391,15 +485,17 @@ class CollaborativeMultiheadAttention(nn.Module):
 
         if before_softmax:
             bias = score_bias(content_bias, key_padding_mask, attn_mask, q.dtype)
-            scores = attention_scores(self._head_queries(q, constants=constants), self._head_keys(k), bias)
+            scores = attention_scores(
+                self._head_queries(q, constants=constants, mixing=mixing), self._head_keys(k), bias
+            )
             return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
         if not need_weights:
             kernel_name = resolve_kernel(self.kernel, q.is_cuda, tgt_len, src_len)
             if kernel_name in SHARED_QUERY_KERNELS and self.collaborative:
-                mixing, mixing_scale = self._kernel_mixing(q.dtype, constants)
+                kernel_mixing, mixing_scale = self._kernel_mixing(q.dtype, constants, mixing)
                 attn = SHARED_QUERY_KERNELS[kernel_name](
-                    q.transpose(0, 1), mixing, k, v, content_bias, key_padding_mask, attn_mask, self._dropout_p(),
-                    mixing_scale=mixing_scale,
+                    q.transpose(0, 1), kernel_mixing, k, v, content_bias, key_padding_mask, attn_mask,
+                    self._dropout_p(), mixing_scale=mixing_scale,
                 )  # fmt: skip
                 if attn is not None:  # None: the kernel cannot run these inputs; a kernel below can
                     return self._output(attn, tgt_len, bsz), None
@@ -407,7 +503,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             kernel = KERNELS[kernel_name]
             dense = kernel_name != "folded"  # folded copies the queries anyway
             attn = kernel(
-                self._head_queries(q, dense=dense, constants=constants),
+                self._head_queries(q, dense=dense, constants=constants, mixing=mixing),
                 self._head_keys(k),
                 v,
                 content_bias,
@@ -418,7 +514,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             return self._output(attn, tgt_len, bsz), None
 
         attn, probs = explicit_attention(
-            self._head_queries(q, constants=constants),
+            self._head_queries(q, constants=constants, mixing=mixing),
             self._head_keys(k),
             v,
             content_bias,
@@ -443,10 +539,13 @@ class CollaborativeMultiheadAttention(nn.Module):
                 constants[key] = mixing
         return mixing
 
-    def _kernel_mixing(self, dtype, constants) -> Tuple[Tensor, float]:
+    def _kernel_mixing(self, dtype, constants, mixing: Optional[Tensor] = None) -> Tuple[Tensor, float]:
         """(mixing, scale) for the shared-query kernels, M times the attention scaling being mixing * scale: a
-        decoding run's scaled mixing and 1, else the stored parameter and the factor, which the kernel folds into
-        a product it makes anyway (one operator less forward and backward per layer while training)."""
+        given ``mixing`` (the folded decoding's) or a decoding run's scaled mixing, and 1; else the stored parameter
+        and the factor, which the kernel folds into a product it makes anyway (one operator less forward and
+        backward per layer while training)."""
+        if mixing is not None:
+            return mixing, 1.0
         if constants is not None:
             return self._scaled_mixing(dtype, constants), 1.0
         return self.mixing.to(dtype), self.scaling * self._storage_scale()
@@ -477,7 +576,10 @@ class CollaborativeMultiheadAttention(nn.Module):
             static_kv=static_kv,
         )
         saved_state["prev_key"] = k
-        saved_state["prev_value"] = v
+        # dense once here (a first step's values are a strided view of the projection), or the values' GEMM would
+        # copy them at every step: the encoder-side cache is not reordered into a new tensor while the batch keeps
+        # its size
+        saved_state["prev_value"] = v = v.contiguous()
         if content_bias is not None:
             saved_state["prev_content_bias"] = content_bias
         saved_state["prev_key_padding_mask"] = key_padding_mask
