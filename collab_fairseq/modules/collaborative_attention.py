@@ -27,8 +27,11 @@ projections with biases, no mixing, no content bias).
 
 Shapes: inputs are T x B x C (time first), as in
 :class:`fairseq.modules.MultiheadAttention`, whose forward contract this keeps.
-The incremental cache holds the shared keys once (B x S x D_k), the content
-bias (B x H x S), the values (B x H x S x d_v) and the key padding mask (B x S).
+The incremental cache holds the shared keys once, with the content bias folded in
+(B x S x (D_k + H), [k | c]; B x S x D_k and a B x H x S content-bias entry where it is
+not folded: quant-noise layers, concatenated heads have neither bias), the values
+(B x H x S x d_v) and the key padding mask (B x S; None for encoder keys once their padding
+is folded into c).
 """
 
 import math
