@@ -241,25 +241,10 @@ class CollaborativeMultiheadAttention(nn.Module):
     # ------------------------------------------------------------------ projections
     def _fused_linear(self, x: Tensor, projections, constants: Optional[Dict[str, Optional[Tensor]]] = None):
         """Apply several Linear layers that read the same input with one GEMM; returns their outputs.
-        ``constants``: the decoding run's (:meth:`_decoding_constants`), which keeps the fused weight."""
+        ``constants``: the decoding run's (:meth:`_decoding_constants`), which keeps the stacked weight."""
         if not self.fuse_projections or len(projections) == 1:
             return tuple(proj(x) for proj in projections)
-        sizes = [proj.weight.size(0) for proj in projections]
-        # zero rows up to a multiple of 8 outputs: the slices then start 16-byte aligned, as fp16 GEMMs and
-        # fused attention kernels that read them require (the H-wide content bias would misalign them)
-        pad = -sum(sizes) % 8
-        key = "fused_" + "_".join(str(id(proj)) for proj in projections)
-        if constants is not None and key + "_weight" in constants:
-            weight, bias = constants[key + "_weight"], constants[key + "_bias"]
-        else:
-            weight = torch.cat([proj.weight for proj in projections])
-            if pad:
-                weight = F.pad(weight, (0, 0, 0, pad))
-            bias = self._fused_bias(projections, sizes, pad)
-            if constants is not None:
-                constants[key + "_weight"], constants[key + "_bias"] = weight, bias
-        out = F.linear(x, weight, bias)
-        return out.split(sizes + ([pad] if pad else []), dim=-1)[: len(sizes)]
+        return self._stacked_linear(x, [[proj] for proj in projections], constants)
 
     def _decoding_constants(self, incremental_state) -> Optional[Dict[str, Optional[Tensor]]]:
         """What every step of one incremental decoding run recomputes from the weights alone (the fused projection
@@ -273,19 +258,6 @@ class CollaborativeMultiheadAttention(nn.Module):
             constants = {}
             self.set_incremental_state(incremental_state, "constants", constants)
         return constants
-
-    @staticmethod
-    def _fused_bias(projections, sizes, pad) -> Optional[Tensor]:
-        """The biases of ``projections`` as one vector, zeros where a projection has none (None if none has)."""
-        biased = [i for i, proj in enumerate(projections) if proj.bias is not None]
-        if not biased:
-            return None
-        if len(biased) == 1:  # collaborative heads: only the values' projection has a bias; one padding op
-            i = biased[0]
-            return F.pad(projections[i].bias, (sum(sizes[:i]), sum(sizes[i + 1 :]) + pad))
-        weight = projections[0].weight
-        parts = [p.bias if p.bias is not None else weight.new_zeros(n) for p, n in zip(projections, sizes)]
-        return torch.cat(parts + ([weight.new_zeros(pad)] if pad else []))
 
     def _key_projections(self):
         return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
@@ -349,35 +321,54 @@ class CollaborativeMultiheadAttention(nn.Module):
 
     def _stacked_linear(self, x: Tensor, groups, constants) -> Tuple[Tensor, ...]:
         """One GEMM for groups of projections of ``x``: one view per group, its projections' outputs side by side
-        (``"ones"``: H outputs equal to 1, from zero weights and a bias of 1); each group starts 8-aligned (zero
-        rows in between). The stacked weight is made once per decoding run (``constants``)."""
+        (``"ones"``: H outputs equal to 1, from zero weights and a bias of 1). Zero rows after a group make the
+        next one start at a multiple of 8 outputs (16-byte aligned slices, as fp16 GEMMs and fused attention
+        kernels need), and make the total one. The stacked weight is made once per decoding run
+        (``constants``), else at every call, for autograd to see."""
         sizes = [sum(self.num_heads if isinstance(p, str) else p.weight.size(0) for p in group) for group in groups]
         pads = [-size % 8 for size in sizes]
-        key = "stacked_" + "_".join(str(id(p)) if not isinstance(p, str) else p for group in groups for p in group)
+        key = "stacked_" + "_".join(p if isinstance(p, str) else str(id(p)) for group in groups for p in group)
         if constants is not None and key + "_weight" in constants:
             weight, bias = constants[key + "_weight"], constants[key + "_bias"]
         else:
-            like, width = self.q_proj.weight, x.size(-1)
-            weights, biases = [], []
-            for group, pad in zip(groups, pads):
-                for p in group:
-                    if isinstance(p, str):  # "ones"
-                        weights.append(like.new_zeros(self.num_heads, width))
-                        biases.append(like.new_ones(self.num_heads))
-                    else:
-                        weights.append(p.weight)
-                        biases.append(p.bias if p.bias is not None else like.new_zeros(p.weight.size(0)))
-                weights.append(like.new_zeros(pad, width))
-                biases.append(like.new_zeros(pad))
-            weight, bias = torch.cat(weights), torch.cat(biases)
+            weight, bias = self._stacked_weight_and_bias(groups, pads, x.size(-1))
             if constants is not None:
                 constants[key + "_weight"], constants[key + "_bias"] = weight, bias
-        out = F.linear(x, weight, bias)
-        views, start = [], 0
+        widths, is_group = [], []
         for size, pad in zip(sizes, pads):
-            views.append(out[..., start : start + size])
-            start += size + pad
-        return tuple(views)
+            widths += [size] + ([pad] if pad else [])
+            is_group += [True] + ([False] if pad else [])
+        # one split, not slices: its backward is one concatenation (a slice's writes a zero tensor of the full width)
+        pieces = F.linear(x, weight, bias).split(widths, dim=-1)
+        return tuple(piece for piece, group in zip(pieces, is_group) if group)
+
+    def _stacked_weight_and_bias(self, groups, pads, width) -> Tuple[Tensor, Optional[Tensor]]:
+        """The weight and bias :meth:`_stacked_linear` multiplies by: rows in the groups' order, zero rows for
+        the padding, zero bias for projections without one (bias None if none has one)."""
+        like, heads = self.q_proj.weight, self.num_heads
+        weights, biases, size = [], [], 0  # biases: (first row, rows, bias) of the projections that have one
+        for group, pad in zip(groups, pads):
+            for p in group:
+                ones = isinstance(p, str)
+                n = heads if ones else p.weight.size(0)
+                weights.append(like.new_zeros(n, width) if ones else p.weight)
+                if ones or p.bias is not None:
+                    biases.append((size, n, like.new_ones(n) if ones else p.bias))
+                size += n
+            if pad:
+                weights.append(like.new_zeros(pad, width))
+                size += pad
+        weight = torch.cat(weights)
+        if not biases:
+            return weight, None
+        if len(biases) == 1:  # collaborative heads in training: only the values' projection has a bias; one op
+            start, n, bias = biases[0]
+            return weight, F.pad(bias, (start, size - start - n))
+        parts, end = [], 0
+        for start, n, bias in biases:
+            parts += ([like.new_zeros(start - end)] if start > end else []) + [bias]
+            end = start + n
+        return weight, torch.cat(parts + ([like.new_zeros(size - end)] if size > end else []))
 
     def _folded_mixing(self, dtype, constants) -> Tensor:
         """[s M | I_H] (H x (D_k + H)): head h's query from [q | 1 ... 1] is [s q m_h | e_h] (kept in ``constants``)."""
