@@ -5,7 +5,7 @@ an epoch, and on every rank of a multi-GPU run for several epochs (each epoch de
 torch prefers cuDNN's attention on Hopper GPUs, and cuDNN builds an execution graph for each new shape on the
 host before it runs. fairseq's own MultiheadAttention (the transformer baseline, and the generator's encoder)
 calls scaled_dot_product_attention, so it paid those builds: on 4 x H100 a WMT14-recipe update of fairseq's
-transformer took 298-372 ms with cuDNN's attention and 139-143 ms without it (results/multi_gpu.md). Flash
+transformer took 283-373 ms with cuDNN's attention and 130-143 ms without it (results/multi_gpu.md). Flash
 and memory-efficient attention, which torch uses instead, need no per-shape build.
 
 Importing the user module (``--user-dir collab_fairseq``) switches cuDNN's attention off for the process;

@@ -1,5 +1,7 @@
 """Parity of CollaborativeMultiheadAttention with fairseq's MultiheadAttention, incremental decoding, beam reorder."""
 
+import sys
+
 import pytest
 import torch
 from fairseq.modules import MultiheadAttention
@@ -13,6 +15,10 @@ from collab_fairseq.modules.attention_kernels import (
     resolve_kernel,
 )
 from collab_fairseq.reparam import copy_from_multihead_attention
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from step_flops import OperatorCounter  # noqa: E402  (benchmarks/: counts the operators a decoding step dispatches)
 
 EMBED, HEADS = 32, 4
 TOL = 1e-5
@@ -326,13 +332,6 @@ def test_a_decoding_run_keeps_the_weights_products_and_a_new_run_sees_new_weight
     operators and give the same outputs as steps that remake them (gradients on). The next run, after an update
     of the weights the way fairseq's optimizers make it (in place through ``.data``, no version bump), uses the
     new weights."""
-    import sys
-
-    from tests.helpers import REPO
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from step_flops import OperatorCounter
-
     layer = _random_layer("self")
     layer.kernel = kernel
     query, _, _ = _inputs("self", tgt_len=4)

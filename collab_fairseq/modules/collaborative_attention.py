@@ -35,7 +35,7 @@ is folded into c).
 """
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -239,14 +239,14 @@ class CollaborativeMultiheadAttention(nn.Module):
         self.onnx_trace = True
 
     # ------------------------------------------------------------------ projections
-    def _fused_linear(self, x: Tensor, projections, constants: Optional[Dict[str, Optional[Tensor]]] = None):
+    def _fused_linear(self, x: Tensor, projections, constants: Optional[Dict[str, Any]] = None):
         """Apply several Linear layers that read the same input with one GEMM; returns their outputs.
         ``constants``: the decoding run's (:meth:`_decoding_constants`), which keeps the stacked weight."""
         if not self.fuse_projections or len(projections) == 1:
             return tuple(proj(x) for proj in projections)
         return self._stacked_linear(x, [[proj] for proj in projections], constants)
 
-    def _decoding_constants(self, incremental_state) -> Optional[Dict[str, Optional[Tensor]]]:
+    def _decoding_constants(self, incremental_state) -> Optional[Dict[str, Any]]:
         """What every step of one incremental decoding run recomputes from the weights alone (the fused projection
         weight, the scaled mixing matrix), kept in the run's ``incremental_state`` beside the cache, so that a
         step does not dispatch those operators again; the weights cannot change within a run. None (compute
@@ -258,6 +258,16 @@ class CollaborativeMultiheadAttention(nn.Module):
             constants = {}
             self.set_incremental_state(incremental_state, "constants", constants)
         return constants
+
+    @staticmethod
+    def _kept(constants, key: str, make):
+        """``make()``, made once per decoding run and kept under ``key`` in its ``constants``; made at every call
+        without them (training, validation: autograd must see it)."""
+        if constants is None:
+            return make()
+        if key not in constants:
+            constants[key] = make()
+        return constants[key]
 
     def _key_projections(self):
         return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
@@ -278,9 +288,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             else:
                 k, *c = self._fused_linear(key, [p for p in kv_proj if p is not self.v_proj], constants)
                 v = self.v_proj(value)
-        src_len, bsz, _ = v.shape
-        k = k.transpose(0, 1)
-        v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        k, v = k.transpose(0, 1), self._head_values(v)
         # a strided view of the fused output: the kernels add it to the scores or mask it (a new tensor either way),
         # and the fused kernel makes its own dense copy
         content_bias = c[0].permute(1, 2, 0) if c else None
@@ -315,9 +323,12 @@ class CollaborativeMultiheadAttention(nn.Module):
         else:
             (q,) = self._stacked_linear(query, [query_group], constants)
             k, v = self._stacked_linear(key, key_groups, constants)
+        return q, k.transpose(0, 1), self._head_values(v)
+
+    def _head_values(self, v: Tensor) -> Tensor:
+        """S x B x C -> B x H x S x d_v (a view)."""
         src_len, bsz, _ = v.shape
-        v = v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
-        return q, k.transpose(0, 1), v
+        return v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
 
     def _stacked_linear(self, x: Tensor, groups, constants) -> Tuple[Tensor, ...]:
         """One GEMM for groups of projections of ``x``: one view per group, its projections' outputs side by side
@@ -328,12 +339,7 @@ class CollaborativeMultiheadAttention(nn.Module):
         sizes = [sum(self.num_heads if isinstance(p, str) else p.weight.size(0) for p in group) for group in groups]
         pads = [-size % 8 for size in sizes]
         key = "stacked_" + "_".join(p if isinstance(p, str) else str(id(p)) for group in groups for p in group)
-        if constants is not None and key + "_weight" in constants:
-            weight, bias = constants[key + "_weight"], constants[key + "_bias"]
-        else:
-            weight, bias = self._stacked_weight_and_bias(groups, pads, x.size(-1))
-            if constants is not None:
-                constants[key + "_weight"], constants[key + "_bias"] = weight, bias
+        weight, bias = self._kept(constants, key, lambda: self._stacked_weight_and_bias(groups, pads, x.size(-1)))
         widths, is_group = [], []
         for size, pad in zip(sizes, pads):
             widths += [size] + ([pad] if pad else [])
@@ -372,14 +378,12 @@ class CollaborativeMultiheadAttention(nn.Module):
 
     def _folded_mixing(self, dtype, constants) -> Tensor:
         """[s M | I_H] (H x (D_k + H)): head h's query from [q | 1 ... 1] is [s q m_h | e_h] (kept in ``constants``)."""
-        key = f"folded_mixing_{dtype}"
-        mixing = None if constants is None else constants.get(key)
-        if mixing is None:
+
+        def make():
             scaled = self._scaled_mixing(dtype)
-            mixing = torch.cat([scaled, torch.eye(self.num_heads, dtype=dtype, device=scaled.device)], dim=1)
-            if constants is not None:
-                constants[key] = mixing
-        return mixing
+            return torch.cat([scaled, torch.eye(self.num_heads, dtype=dtype, device=scaled.device)], dim=1)
+
+        return self._kept(constants, f"folded_mixing_{dtype}", make)
 
     @staticmethod
     def _fold_padding(keys: Tensor, key_padding_mask: Tensor, key_dim: int) -> Tensor:
@@ -522,16 +526,10 @@ class CollaborativeMultiheadAttention(nn.Module):
             weights = weights.mean(dim=0)
         return self._output(attn, tgt_len, bsz), weights
 
-    def _scaled_mixing(self, dtype, constants: Optional[Dict[str, Optional[Tensor]]] = None) -> Tensor:
+    def _scaled_mixing(self, dtype, constants: Optional[Dict[str, Any]] = None) -> Tensor:
         """M times the attention scaling (H x D_k): row h turns a shared query into head h's query
         (kept in ``constants``, a decoding run's, if given)."""
-        key = f"scaled_mixing_{dtype}"
-        mixing = None if constants is None else constants.get(key)
-        if mixing is None:
-            mixing = (self.mixing_matrix() * self.scaling).to(dtype)
-            if constants is not None:
-                constants[key] = mixing
-        return mixing
+        return self._kept(constants, f"scaled_mixing_{dtype}", lambda: (self.mixing_matrix() * self.scaling).to(dtype))
 
     def _kernel_mixing(self, dtype, constants, mixing: Optional[Tensor] = None) -> Tuple[Tensor, float]:
         """(mixing, scale) for the shared-query kernels, M times the attention scaling being mixing * scale: a
