@@ -7,14 +7,15 @@ CUDA_VISIBLE_DEVICES. Subcommands (each prints a markdown table last and writes 
   loss      training loss of the first --updates updates on N GPUs against 1 GPU with update-freq N:
             same seed, same batches, dropout 0, so only the order of floating-point sums differs
   scaling   target words/s of the recipe on each of --gpu-counts (e.g. 1,2,4) over 1 GPU (median of the
-            logging intervals after --warmup updates; median of --repeats runs), every run alone on the machine
+            logging intervals after --warmup updates; median of --repeats runs), every run alone on the machine,
+            or (--share-machine) the runs on all GPUs alone and the smaller ones packed on disjoint GPUs
   resume    SIGKILL one rank mid-run: the job must stop with an error, and re-running the same command must
             resume from the last checkpoint and finish
   evaluate  evaluate.sh sharded over N GPUs against 1 GPU: the hypotheses files must be identical
 
     python benchmarks/multi_gpu.py loss --data work/multi30k_en_de/bin --out results/multi_gpu/loss.json
-    python benchmarks/multi_gpu.py scaling --data work/multi30k_en_de/bin --updates 400 --warmup 200 \\
-        --gpu-counts 1,2,4 --repeats 3 --config "transformer:HEADS=transformer" \\
+    python benchmarks/multi_gpu.py scaling --data work/multi30k_en_de/bin --updates 320 --warmup 20 \\
+        --gpu-counts 1,2,4 --repeats 3 --share-machine --config "transformer:HEADS=transformer" \\
         --config "collab_dk128:HEADS=collab KEY_DIM=128" --config "collab_dk64:HEADS=collab KEY_DIM=64"
     python benchmarks/multi_gpu.py resume --recipe recipes/multi30k_en_de/train.sh --kill-at 900 \\
         --config "collab_dk128:HEADS=collab KEY_DIM=128" --save-dir work/multi_gpu/resume_collab_dk128
@@ -94,31 +95,45 @@ def finish(proc, what):
         return f.read()
 
 
-def run_batches(jobs):
-    """jobs: [[(key, script, env, gpus, log)]] -> {key: log text}; jobs of one inner list run at the same time."""
-    logs = {}
-    for batch in jobs:
-        procs = [(key, start(script, env, gpus, log)) for key, script, env, gpus, log in batch]
-        for key, proc in procs:
-            logs[key] = finish(proc, key)
+def run_packed(jobs, gpus, on_finished=lambda key: None):
+    """jobs: [(key, script, env, k, log, alone)] run in order on ``gpus``, k GPUs each: a job starts as soon as k GPUs
+    (all of them if ``alone``) are free; it may start before an earlier job that does not fit yet, but never before
+    one that takes the whole machine. on_finished(key) after each run. -> {key: log text}."""
+    free, running, logs, pending = list(gpus), [], {}, list(jobs)
+    while pending or running:
+        for job in list(pending):
+            key, script, env, k, log, alone = job
+            need = len(gpus) if alone else k
+            if need <= len(free):
+                taken, free = free[:need], free[need:]
+                running.append((key, taken, start(script, env, taken[:k], log)))
+                pending.remove(job)
+            elif need == len(gpus):
+                break
+        if not running:
+            raise ValueError(f"{pending[0][0]}: needs more than the {len(gpus)} GPUs given")
+        while all(proc.poll() is None for _, _, proc in running):
+            time.sleep(0.2)
+        for item in [item for item in running if item[2].poll() is not None]:
+            running.remove(item)
+            logs[item[0]] = finish(item[2], item[0])
+            free = sorted(free + item[1], key=gpus.index)
+            on_finished(item[0])
     return logs
 
 
 def train_jobs(args, configs, gpus, tag, env_for, side_by_side):
     """1-GPU runs (side_by_side: of all configs at once, one GPU each, while GPUs last), then each N-GPU run."""
     singles, multis = [], []
-    for i, (name, cfg_env) in enumerate(configs):
+    for name, cfg_env in configs:
         for n in (1, len(gpus)):
             save_dir = os.path.join(args.workdir, f"{tag}_{name}_{n}gpu")
             shutil.rmtree(save_dir, ignore_errors=True)
             os.makedirs(save_dir)
             env = dict(cfg_env, DATA=args.data, SAVE_DIR=save_dir, SEED=str(args.seed), **env_for(n))
-            use = [gpus[i % len(gpus)]] if n == 1 else gpus
-            job = ((name, n), args.recipe, env, use, os.path.join(save_dir, "stdout.log"))
+            job = ((name, n), args.recipe, env, n, os.path.join(save_dir, "stdout.log"), not side_by_side)
             (singles if n == 1 else multis).append(job)
-    per_batch = len(gpus) if side_by_side else 1
-    batches = [singles[i : i + per_batch] for i in range(0, len(singles), per_batch)] + [[job] for job in multis]
-    return run_batches(batches)
+    return run_packed(singles + multis, gpus)
 
 
 def loss_check(args, configs, gpus):
@@ -211,10 +226,11 @@ def finished_log(path, updates):
 
 
 def scaling(args, configs, gpus):
-    """Words/s of each config on each GPU count, every run alone on the machine, --repeats times (repeats
-    interleaved, so drift spreads over all counts); the median repeat per (config, GPUs). The JSON (--out) is
-    rewritten after every repeat, so a run cut short keeps its complete repeats; --from-logs tabulates the
-    complete runs of an earlier run's logs without training."""
+    """Words/s of each config on each GPU count, --repeats times (repeats interleaved, so drift spreads over all
+    counts); the median repeat per (config, GPUs). Every run alone on the machine, or (--share-machine) the
+    whole-machine runs alone and the others packed side by side on disjoint GPUs. The JSON (--out) is rewritten
+    after every run once a repeat is complete, from every complete run so far (a run cut short keeps them);
+    --from-logs tabulates the complete runs of an earlier run's logs without training."""
     counts = gpu_counts(args.gpu_counts, gpus)
     if args.from_logs:
         return scaling_result(args, configs, counts, _logged_commit(args.workdir), args.repeats)
@@ -224,26 +240,28 @@ def scaling(args, configs, gpus):
     if args.tokens_per_update:
         env["TOKENS_PER_UPDATE"] = str(args.tokens_per_update)
     commit = _commit()
+    jobs = []
     for repeat in range(args.repeats):
-        batches = []
         for k in counts:
-            jobs = []
             for name, cfg_env in configs:
                 log = os.path.join(run_dir(args.workdir, name, k, repeat), "stdout.log")
-                shutil.rmtree(os.path.dirname(log), ignore_errors=True)
+                shutil.rmtree(os.path.dirname(log), ignore_errors=True)  # no earlier invocation's logs are read
                 os.makedirs(os.path.dirname(log))
                 run_env = dict(cfg_env, DATA=args.data, SAVE_DIR=os.path.dirname(log), SEED=str(args.seed), **env)
-                jobs.append(((name, k, repeat), args.recipe, run_env, log))
-            # alone on the machine, or (--share-machine) as many k-GPU runs at once as there are GPU groups of k
-            per_batch = len(gpus) // k if args.share_machine else 1
-            for i in range(0, len(jobs), per_batch):
-                group = enumerate(jobs[i : i + per_batch])
-                batches.append([(key, script, e, gpus[j * k : (j + 1) * k], log) for j, (key, script, e, log) in group])
-        run_batches(batches)
-        result = scaling_result(args, configs, counts, commit, repeat + 1)  # not an earlier invocation's later ones
-        if args.out:
-            write_json(args.out, dict(result[0], check="scaling", repeats_done=repeat + 1, argv=sys.argv))
-    return result
+                jobs.append(((name, k, repeat), args.recipe, run_env, k, log, not args.share_machine))
+    if args.share_machine:  # the whole-machine runs first, one after another; then the rest packed side by side
+        jobs.sort(key=lambda job: job[3] != len(gpus))
+    done = set()
+
+    def rewrite_json(key):  # after every run, from the repeats complete so far (a run cut short keeps them)
+        done.add(key)
+        complete = [r for r in range(args.repeats) if all((n, k, r) in done for n, _ in configs for k in counts)]
+        if args.out and complete:
+            result = scaling_result(args, configs, counts, commit, args.repeats)
+            write_json(args.out, dict(result[0], check="scaling", repeats_done=len(complete), argv=sys.argv))
+
+    run_packed(jobs, gpus, rewrite_json)
+    return scaling_result(args, configs, counts, commit, args.repeats)
 
 
 def scaling_result(args, configs, counts, commit, repeats):
@@ -479,8 +497,14 @@ def main():
         "gradients summed over update-freq micro-batches) and N GPUs do not overflow on the same updates",
     )
     p = sub.add_parser("scaling", parents=[common])
-    p.add_argument("--updates", type=int, default=400)
-    p.add_argument("--warmup", type=int, default=200, help="updates excluded (speed ramps up over ~100 updates)")
+    p.add_argument("--updates", type=int, default=320)
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="updates left out of the median (with cuDNN's attention on, the transformer's speed ramped up over "
+        "~200 updates on 4 GPUs while it built graphs for new batch shapes; collab's is flat after ~10)",
+    )
     p.add_argument("--max-tokens", type=int, help="tokens per GPU per step (default: the recipe's)")
     p.add_argument("--tokens-per-update", type=int, help="effective batch (default: the recipe's)")
     p.add_argument("--target", type=float, default=1.8, help="speed-up expected on the largest GPU count")
@@ -489,8 +513,9 @@ def main():
     p.add_argument(
         "--share-machine",
         action="store_true",
-        help="run configs of one GPU count side by side on disjoint GPUs (4 one-GPU runs on 4 GPUs, ...): "
-        "~3x less machine time; they then share the host's CPUs and PCIe",
+        help="the runs on all GPUs alone, one after another; the smaller ones (all configs, all repeats) side by "
+        "side on disjoint GPUs, each started as soon as enough GPUs are free: ~2x less machine time; they then "
+        "share the host's CPUs and PCIe",
     )
     p.add_argument(
         "--from-logs",

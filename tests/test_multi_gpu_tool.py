@@ -86,11 +86,31 @@ def test_interval_lines_are_read_from_fairseq_logs():
 
 SCALING_RECIPE = """n=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\\n' | wc -l)
 echo "gpus=$CUDA_VISIBLE_DEVICES"
+echo "started=$(date +%s.%N)"
+sleep 0.3
 echo "[train] ... = 32768 tokens/update (target 32768)"
 for u in 10 20 30 40; do
   echo "epoch 001: loss=1.000, nll_loss=1, wps=$((1000 * n + u)), ups=1, num_updates=$u, lr=1"
 done
+echo "ended=$(date +%s.%N)"
 """
+
+
+def run_spans(work, configs):
+    """{run dir name: (GPUs, start, end)} of the stand-in's runs of ``configs`` under ``work``."""
+    spans = {}
+    for log in [log for c in configs for log in work.glob(f"scaling_{c}_*/stdout.log")]:
+        fields = dict(line.split("=", 1) for line in log.read_text().splitlines() if line.split("=")[0] in (
+            "gpus", "started", "ended"))  # fmt: skip
+        spans[log.parent.name] = (set(fields["gpus"].split(",")), float(fields["started"]), float(fields["ended"]))
+    return spans
+
+
+def overlapping(spans):
+    """Pairs of runs that ran at the same time."""
+    names = sorted(spans)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if
+            spans[a][1] < spans[b][2] and spans[b][1] < spans[a][2]]  # fmt: skip
 
 
 def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(tmp_path):
@@ -108,14 +128,20 @@ def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(t
     assert abs(rows[4]["speedup"] - 4030 / 1030) < 1e-9 and rows[4]["tokens_per_update"] == 32768
     assert ok and len(table) == 2 + 3
     assert rows[1]["ups"] == 1.0  # the stand-in logs ups=1
+    assert not overlapping(run_spans(tmp_path / "work", ["transformer"]))  # without --share-machine every run is alone
     args.share_machine = True  # two configs: their 1- and 2-GPU runs side by side on disjoint GPUs
     result, _, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
     assert {(r["config"], r["gpus"], r["wps"]) for r in result["rows"]} == {
         (c, k, 1000.0 * k + 30) for c in "ab" for k in (1, 2, 4)
     }
     work = tmp_path / "work"
-    assert "gpus=1\n" in (work / "scaling_b_1gpu_r0" / "stdout.log").read_text()  # beside a's run on GPU 0
-    assert "gpus=2,3\n" in (work / "scaling_b_2gpu_r0" / "stdout.log").read_text()
+    spans = run_spans(work, ["a", "b"])
+    together = overlapping(spans)
+    assert ("scaling_a_1gpu_r0", "scaling_b_1gpu_r0") in together  # packed side by side ...
+    assert all(not spans[a][0] & spans[b][0] for a, b in together)  # ... on disjoint GPUs
+    assert all(spans[a][0] == {"0", "1", "2", "3"} for a in spans if "_4gpu_" in a)
+    assert not [pair for pair in together if "_4gpu_" in pair[0] + pair[1]]  # runs on every GPU ran alone
+    assert max(spans[a][2] for a in spans if "_4gpu_" in a) <= min(spans[a][1] for a in spans if "_4gpu_" not in a)
     out = tmp_path / "scaling.json"  # --out is rewritten after every repeat; --from-logs re-reads the same logs
     args.out, args.repeats = str(out), 2
     first, _, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
