@@ -249,8 +249,11 @@ def scaling(args, configs, gpus):
                 os.makedirs(os.path.dirname(log))
                 run_env = dict(cfg_env, DATA=args.data, SAVE_DIR=os.path.dirname(log), SEED=str(args.seed), **env)
                 jobs.append(((name, k, repeat), args.recipe, run_env, k, log, not args.share_machine))
-    if args.share_machine:  # the whole-machine runs first, one after another; then the rest packed side by side
-        jobs.sort(key=lambda job: job[3] != len(gpus))
+    if args.share_machine:
+        # the whole-machine runs first, one after another; then the rest packed side by side, repeat by repeat and
+        # the larger runs of a repeat first (a 1-GPU run of a later repeat may fill a GPU that would idle): with
+        # smaller runs first, 1-GPU runs of every repeat took the GPUs and the 2-GPU runs waited for all of them
+        jobs.sort(key=lambda job: (job[3] != len(gpus), job[0][2], -job[3]))
     done = set()
 
     def rewrite_json(key):  # after every run, from the repeats complete so far (a run cut short keeps them)
@@ -514,8 +517,8 @@ def main():
         "--share-machine",
         action="store_true",
         help="the runs on all GPUs alone, one after another; the smaller ones (all configs, all repeats) side by "
-        "side on disjoint GPUs, each started as soon as enough GPUs are free: ~2x less machine time; they then "
-        "share the host's CPUs and PCIe",
+        "side on disjoint GPUs, repeat by repeat, larger first, each started as soon as enough GPUs are free: "
+        "~2x less machine time; they then share the host's CPUs and PCIe",
     )
     p.add_argument(
         "--from-logs",

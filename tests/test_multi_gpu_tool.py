@@ -142,6 +142,8 @@ def test_scaling_runs_each_gpu_count_alone_with_repeats_and_reports_the_median(t
     assert all(spans[a][0] == {"0", "1", "2", "3"} for a in spans if "_4gpu_" in a)
     assert not [pair for pair in together if "_4gpu_" in pair[0] + pair[1]]  # runs on every GPU ran alone
     assert max(spans[a][2] for a in spans if "_4gpu_" in a) <= min(spans[a][1] for a in spans if "_4gpu_" not in a)
+    assert spans["scaling_b_2gpu_r0"][1] <= spans["scaling_a_1gpu_r0"][1]  # a repeat's larger runs first
+    assert spans["scaling_b_2gpu_r0"][1] <= spans["scaling_a_2gpu_r1"][1]  # repeat by repeat
     out = tmp_path / "scaling.json"  # --out is rewritten after every repeat; --from-logs re-reads the same logs
     args.out, args.repeats = str(out), 2
     first, _, _ = multi_gpu.scaling(args, [("a", {}), ("b", {})], ["0", "1", "2", "3"])
