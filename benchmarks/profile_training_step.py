@@ -6,8 +6,10 @@ label-smoothed cross-entropy on the same random batches of --sentences x --token
 half and all of --tokens, so there is padding) under torch.profiler. Printed per configuration: device time
 per step and its split into kernel groups (GEMM, fused attention, softmax, elementwise/copies, reductions,
 other), the wall time per step of the same steps run without the profiler (above the device time: the GPU waits
-for the host), then each configuration's top kernels. The optimizer step is left out (its cost follows the
-parameter count). On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measurement).
+for the host), then each configuration's top kernels, and against the first configuration the ops whose device
+time and whose host time (aten ops' self CPU time: dispatch and launch) differ most. The optimizer step is left
+out (its cost follows the parameter count). On a machine without CUDA it profiles the CPU in fp32 (a smoke run,
+not a measurement).
 
     python benchmarks/profile_training_step.py --out results/performance/profile_step.json \\
         --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
@@ -107,10 +109,14 @@ def group_of(name):
 
 
 def device_time(prof, steps, device):
-    """({kernel: ms per step}, {launching op or backward node: ms per step}) from a torch.profiler run of
-    ``steps`` steps (on the CPU: aten ops' self time, and no launchers)."""
-    kernels, launchers = defaultdict(float), defaultdict(float)
+    """({kernel: ms per step}, {launching op or backward node: ms per step}, {aten op: host ms per step}) from a
+    torch.profiler run of ``steps`` steps (on the CPU: aten ops' self time as kernels, and no launchers). The host
+    time of an op is its self CPU time: dispatch and kernel launch on a GPU (inflated by the profiler alike for
+    every configuration), the op itself on the CPU."""
+    kernels, launchers, host = defaultdict(float), defaultdict(float), defaultdict(float)
     for event in prof.key_averages():
+        if event.key.startswith("aten::") and event.device_type != torch.autograd.DeviceType.CUDA:
+            host[event.key] += event.self_cpu_time_total
         if device.type == "cuda":
             us = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
             if us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
@@ -124,7 +130,8 @@ def device_time(prof, steps, device):
             kernels[event.key] += event.self_cpu_time_total
     per_step_ms = {k: us / 1000 / steps for k, us in kernels.items()}
     ops_ms = {k: us / 1000 / steps for k, us in sorted(launchers.items(), key=lambda kv: -kv[1])}
-    return per_step_ms, ops_ms
+    host_ms = {k: us / 1000 / steps for k, us in sorted(host.items(), key=lambda kv: -kv[1])}
+    return per_step_ms, ops_ms, host_ms
 
 
 def profiled_steps(step, samples, device, top) -> dict:
@@ -137,7 +144,7 @@ def profiled_steps(step, samples, device, top) -> dict:
             step(sample)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    per_step_ms, ops_ms = device_time(prof, len(samples), device)
+    per_step_ms, ops_ms, host_ms = device_time(prof, len(samples), device)
     groups = defaultdict(float)
     for kernel, ms in per_step_ms.items():
         groups[group_of(kernel)] += ms
@@ -152,6 +159,10 @@ def profiled_steps(step, samples, device, top) -> dict:
         # which op launched the time: aten ops (forward and backward together) and, inclusive, each autograd
         # backward node ("backward: MulBackward0"), so a kernel's time can be traced to the layer's code
         "ops_ms": ops_ms,
+        # host side: aten ops' self CPU time per step (the rest of the wall time on the host is Python and the
+        # autograd engine between ops); at MT batch sizes on a GPU this, not the kernels, sets the step's pace
+        "host_aten_ms_per_step": sum(host_ms.values()),
+        "host_ops_ms": host_ms,
     }
 
 
@@ -260,6 +271,12 @@ def main():
     for r in rows[1:]:
         print(f"\n{r['config']} against {rows[0]['config']}: ops whose device time differs most (ms/step)")
         for op, ours, theirs in op_differences(r["ops_ms"], rows[0]["ops_ms"])[: args.top]:
+            print(f"  {ours - theirs:+8.3f}  ({ours:.3f} vs {theirs:.3f})  {op[:90]}")
+        print(
+            f"\n{r['config']} against {rows[0]['config']}: host time in aten ops {r['host_aten_ms_per_step']:.2f} vs "
+            f"{rows[0]['host_aten_ms_per_step']:.2f} ms/step (under the profiler); ops whose host time differs most"
+        )
+        for op, ours, theirs in op_differences(r["host_ops_ms"], rows[0]["host_ops_ms"])[: args.top]:
             print(f"  {ours - theirs:+8.3f}  ({ours:.3f} vs {theirs:.3f})  {op[:90]}")
 
 
