@@ -77,7 +77,10 @@ def intervals(log_text):
 
 
 def start(script, env_updates, gpus, log_path, new_session=False):
-    env = dict(os.environ, **env_updates, CUDA_VISIBLE_DEVICES=",".join(gpus), PYTHONUNBUFFERED="1")
+    # NGPU: the recipe need not import torch to count the GPUs it is given (seconds per run)
+    env = dict(
+        os.environ, **env_updates, CUDA_VISIBLE_DEVICES=",".join(gpus), NGPU=str(len(gpus)), PYTHONUNBUFFERED="1"
+    )
     with open(log_path, "w") as log:  # the child keeps its own handle
         proc = subprocess.Popen(
             ["bash", script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session

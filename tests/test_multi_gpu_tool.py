@@ -86,6 +86,7 @@ def test_interval_lines_are_read_from_fairseq_logs():
 
 SCALING_RECIPE = """n=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\\n' | wc -l)
 echo "gpus=$CUDA_VISIBLE_DEVICES"
+[ "$NGPU" = "$n" ] || { echo "NGPU=$NGPU for $n GPUs" >&2; exit 1; }
 echo "started=$(date +%s.%N)"
 sleep 0.3
 echo "[train] ... = 32768 tokens/update (target 32768)"
