@@ -101,27 +101,38 @@ def finish(proc, what):
 def run_packed(jobs, gpus, on_finished=lambda key: None):
     """jobs: [(key, script, env, k, log, alone)] run in order on ``gpus``, k GPUs each: a job starts as soon as k GPUs
     (all of them if ``alone``) are free; it may start before an earlier job that does not fit yet, but never before
-    one that takes the whole machine. on_finished(key) after each run. -> {key: log text}."""
+    one that takes the whole machine. on_finished(key) after each run. -> {key: log text}. Each run is a process
+    group of its own; when one fails (or on Ctrl-C) the runs beside it are stopped too, not left training."""
     free, running, logs, pending = list(gpus), [], {}, list(jobs)
-    while pending or running:
-        for job in list(pending):
-            key, script, env, k, log, alone = job
-            need = len(gpus) if alone else k
-            if need <= len(free):
-                taken, free = free[:need], free[need:]
-                running.append((key, taken, start(script, env, taken[:k], log)))
-                pending.remove(job)
-            elif need == len(gpus):
-                break
-        if not running:
-            raise ValueError(f"{pending[0][0]}: needs more than the {len(gpus)} GPUs given")
-        while all(proc.poll() is None for _, _, proc in running):
-            time.sleep(0.2)
-        for item in [item for item in running if item[2].poll() is not None]:
-            running.remove(item)
-            logs[item[0]] = finish(item[2], item[0])
-            free = sorted(free + item[1], key=gpus.index)
-            on_finished(item[0])
+    try:
+        while pending or running:
+            for job in list(pending):
+                key, script, env, k, log, alone = job
+                need = len(gpus) if alone else k
+                if need <= len(free):
+                    taken, free = free[:need], free[need:]
+                    running.append((key, taken, start(script, env, taken[:k], log, new_session=True)))
+                    pending.remove(job)
+                elif need == len(gpus):
+                    break
+            if not running:
+                raise ValueError(f"{pending[0][0]}: needs more than the {len(gpus)} GPUs given")
+            while all(proc.poll() is None for _, _, proc in running):
+                time.sleep(0.2)
+            for item in [item for item in running if item[2].poll() is not None]:
+                running.remove(item)
+                logs[item[0]] = finish(item[2], item[0])
+                free = sorted(free + item[1], key=gpus.index)
+                on_finished(item[0])
+    except BaseException:
+        for _, _, proc in running:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for _, _, proc in running:
+            proc.wait()
+        raise
     return logs
 
 

@@ -8,8 +8,10 @@ is killed the others cannot train on (without it rank 0 raced past the update th
 """
 
 import json
+import os
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -203,3 +205,23 @@ def test_update_phases_times_the_recipes_own_command_phase_by_phase(copy_data, t
             assert abs(parts - r["update"]) < 1e-6 * max(1.0, r["update"])
             assert r["other"] >= 0 and r["outside"] >= 0  # no phase is timed twice (they fit in train_step)
     assert "| collab | 1 | 2 |" in proc.stdout
+
+
+def test_a_failed_run_stops_the_runs_beside_it(tmp_path):
+    slow, bad = tmp_path / "slow.sh", tmp_path / "bad.sh"
+    slow.write_text('sleep 60 & echo $! > "$SAVE_DIR/child.pid"; wait; echo finished\n')  # a child, as fairseq's
+    bad.write_text("sleep 0.5; echo broken; exit 3\n")
+    jobs = [
+        (name, str(script), {"SAVE_DIR": str(tmp_path)}, 1, str(tmp_path / f"{name}.log"), False)
+        for name, script in (("slow", slow), ("bad", bad))
+    ]
+    started = time.time()
+    with pytest.raises(RuntimeError, match=r"bad failed \(exit 3\)"):
+        multi_gpu.run_packed(jobs, ["0", "1"])
+    assert time.time() - started < 30
+    child = int((tmp_path / "child.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # the slow run's own child is gone too, not just its shell
+        for _ in range(50):
+            os.kill(child, 0)
+            time.sleep(0.1)
+    assert "finished" not in (tmp_path / "slow.log").read_text()
