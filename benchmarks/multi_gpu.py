@@ -270,7 +270,7 @@ def scaling(args, configs, gpus):
         jobs.sort(key=lambda job: (job[3] != len(gpus), job[0][2], -job[3]))
     done = set()
 
-    def rewrite_json(key):  # after every run, from the repeats complete so far (a run cut short keeps them)
+    def rewrite_json(key):  # after every run once a repeat is complete: every complete run so far (kept if cut)
         done.add(key)
         complete = [r for r in range(args.repeats) if all((n, k, r) in done for n, _ in configs for k in counts)]
         if args.out and complete:

@@ -156,8 +156,8 @@ def profiled_steps(step, samples, device, top) -> dict:
         # which op launched the time: aten ops (forward and backward together) and, inclusive, each autograd
         # backward node ("backward: MulBackward0"), so a kernel's time can be traced to the layer's code
         "ops_ms": ops_ms,
-        # host side: aten ops' self CPU time per step (the rest of the wall time on the host is Python and the
-        # autograd engine between ops); at MT batch sizes on a GPU this, not the kernels, sets the step's pace
+        # host side: aten ops' self CPU time per step (the rest of the host's time is Python and the autograd
+        # engine between ops); where wall_ms_per_step is well above ms_per_step, host time sets the step's pace
         "host_aten_ms_per_step": sum(host_ms.values()),
         # the profiled steps' wall time: minus host_aten_ms_per_step, the host's time outside aten ops (Python,
         # the autograd engine, waiting for the GPU), both under the profiler's overhead
