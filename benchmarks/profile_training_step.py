@@ -6,7 +6,9 @@ label-smoothed cross-entropy on the same random batches of --sentences x --token
 half and all of --tokens, so there is padding) under torch.profiler. Printed per configuration: device time
 per step and its split into kernel groups (GEMM, fused attention, softmax, elementwise/copies, reductions,
 other), the wall time per step of the same steps run without the profiler (above the device time: the GPU waits
-for the host), then each configuration's top kernels, and against the first configuration the ops whose device
+for the host; every configuration is built first, then timed in --wall-rounds rounds in which they take turns,
+so that drift falls on all alike: median, and the per-round ratio to the first configuration with its range),
+then each configuration's top kernels, and against the first configuration the ops whose device
 time and whose host time (aten ops' self CPU time: dispatch and launch) differ most. The optimizer step is left
 out (its cost follows the parameter count). On a machine without CUDA it profiles the CPU in fp32 (a smoke run,
 not a measurement).
@@ -17,14 +19,17 @@ not a measurement).
 """
 
 import argparse
+import gc
 import json
 import os
 import re
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from typing import List
 
 import torch
 from fairseq import options, tasks
@@ -134,10 +139,11 @@ def device_time(prof, steps, device):
     return per_step_ms, ops_ms, host_ms
 
 
-def profiled_steps(step, samples, device, top) -> dict:
-    """step(sample) over samples, timed without the profiler (wall), then again under torch.profiler: device time
-    per step, its kernel groups, top kernels, and the device time per launching op."""
-    wall_ms = wall_ms_per_step(step, samples, device)
+def profiled_steps(step, samples, device, top, wall_rounds_ms=None) -> dict:
+    """step(sample) over samples, timed without the profiler (wall; or the median of ``wall_rounds_ms``, timed
+    by the caller), then again under torch.profiler: device time per step, its kernel groups, top kernels, and
+    the device time per launching op."""
+    wall_ms = statistics.median(wall_rounds_ms) if wall_rounds_ms else wall_ms_per_step(step, samples, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         profiled_wall_ms = wall_ms_per_step(step, samples, device)
@@ -150,6 +156,7 @@ def profiled_steps(step, samples, device, top) -> dict:
         # the same steps without the profiler, timed on the host with one synchronisation at the end: when it is
         # well above ms_per_step the GPU waits for the host (Python, launches), and kernel speed-ups do not show
         "wall_ms_per_step": wall_ms,
+        "wall_ms_rounds": list(wall_rounds_ms or [wall_ms]),
         "groups_ms": dict(groups),
         "top_kernels_ms": sorted(per_step_ms.items(), key=lambda kv: -kv[1])[:top],
         "kernels_ms": dict(sorted(per_step_ms.items(), key=lambda kv: -kv[1])),
@@ -166,7 +173,8 @@ def profiled_steps(step, samples, device, top) -> dict:
     }
 
 
-def profile_config(name, flags, data_dir, args, device):
+def prepare_config(name, flags, data_dir, args, device):
+    """(name, flags, model, step, measured samples): the model built (fp16 on a GPU, as --fp16) and warmed up."""
     model, criterion, task = build(flags, data_dir)
     model = model.to(device).train()
     if device.type == "cuda":
@@ -180,12 +188,24 @@ def profile_config(name, flags, data_dir, args, device):
 
     for sample in samples[: args.warmup]:
         step(sample)
-    return {
-        "config": name,
-        "flags": flags,
-        "params": sum(p.numel() for p in model.parameters()),
-        **profiled_steps(step, samples[args.warmup :], device, args.top),
-    }
+    return name, flags, model, step, samples[args.warmup :]
+
+
+def interleaved_wall_ms(prepared, rounds, device) -> List[List[float]]:
+    """Wall ms per step of every prepared configuration in each of ``rounds`` rounds, the configurations taking
+    turns within a round: drift (clocks, other processes, the allocator, Python's garbage) falls on all of them
+    alike instead of on whichever ran last, as one pass per configuration would let it."""
+    walls = [[] for _ in prepared]
+    for _ in range(rounds):
+        for times, (_, _, _, step, samples) in zip(walls, prepared):
+            gc.collect()
+            times.append(wall_ms_per_step(step, samples, device))
+    return walls
+
+
+def wall_ratios(row, baseline) -> List[float]:
+    """Per round, the configuration's wall time over the baseline's (rounds are paired: they ran back to back)."""
+    return [ours / theirs for ours, theirs in zip(row["wall_ms_rounds"], baseline["wall_ms_rounds"])]
 
 
 def wall_ms_per_step(step, samples, device) -> float:
@@ -235,13 +255,22 @@ def main():
     p = step_parser(__doc__, sentences=128, top=12)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument(
+        "--wall-rounds", type=int, default=5, help="rounds of unprofiled wall timing, the configurations taking turns"
+    )
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = for_each_config(
-        args,
-        lambda name, flags, data_dir: profile_config(name, flags, data_dir, args, device),
-        lambda row: f"{row['ms_per_step']:.2f} ms/step",
-    )
+    with tempfile.TemporaryDirectory() as data_dir:
+        write_dict(data_dir, args.vocab)
+        prepared = [prepare_config(*spec.partition(":")[::2], data_dir, args, device) for spec in args.config]
+    walls = interleaved_wall_ms(prepared, args.wall_rounds, device)
+    rows = []
+    for (name, flags, model, step, samples), wall in zip(prepared, walls):
+        params = sum(p.numel() for p in model.parameters())
+        rows.append(
+            {"config": name, "flags": flags, "params": params, **profiled_steps(step, samples, device, args.top, wall)}
+        )
+        print(f"{name}: {rows[-1]['ms_per_step']:.2f} ms/step", file=sys.stderr, flush=True)
     base = rows[0]["ms_per_step"]
     if args.out:
         with open(args.out, "w") as f:
@@ -252,17 +281,20 @@ def main():
                     "sentences": args.sentences,
                     "tokens": args.tokens,
                     "steps": args.steps,
+                    "wall_rounds": args.wall_rounds,
                     "rows": rows,
                 },
                 f,
                 indent=1,
             )
     names = [g for g, _ in GROUPS] + ["other"]
-    print(f"| config | ms/step | vs baseline | wall ms/step (vs baseline) | {' | '.join(names)} |")
-    print("|---" * (len(names) + 4) + "|")
+    print(f"wall: median over {args.wall_rounds} rounds; vs baseline: median (range) of the per-round ratios")
+    print(f"| config | ms/step | vs baseline | wall ms/step | wall vs baseline | {' | '.join(names)} |")
+    print("|---" * (len(names) + 5) + "|")
     for r in rows:
         cells = " | ".join(f"{r['groups_ms'].get(g, 0.0):.2f}" for g in names)
-        wall = f"{r['wall_ms_per_step']:.2f} ({r['wall_ms_per_step'] / rows[0]['wall_ms_per_step']:.3f})"
+        ratios = wall_ratios(r, rows[0])
+        wall = f"{r['wall_ms_per_step']:.2f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
         print(f"| {r['config']} | {r['ms_per_step']:.2f} | {r['ms_per_step'] / base:.3f} | {wall} | {cells} |")
     for r in rows:
         print(f"\n{r['config']}: top kernels (ms/step)")
