@@ -2,13 +2,16 @@
 
     python benchmarks/performance_summary.py --gpu "NVIDIA H100 80GB HBM3" --commit COMMIT \\
         --train train.json --beam beam.json --layer layer_bfloat16.json \\
-        --loss-scale loss_scale.json --out results/performance/summary.json
+        --loss-scale loss_scale.json --out results/performance/summary.json \\
+        [--source-commit layer=OLDER_COMMIT ...] [--stale layer_speed_ratio="why" ...]
 
 train: train_throughput.py (rows transformer_wmt_en_de, collab_dk512/128/64); the warm-start recipe's ratio is
 its time-weighted mean, 1 / (f + (1 - f) / r) for a transformer phase of fraction f of the updates (1/3 in the
 Multi30k recipe; the conversion's seconds not counted). beam: beam_search.py. layer: attention_layer.py, the rows
 of ``ours (KERNEL)``, for ``auto`` (the default) of the kernel it picks at each length. loss-scale:
 fp16_loss_scale.py, lowest scale over the runs whose name starts with ``transformer`` and ``collab_dk128``.
+``commits`` names the commit each figure was measured on (--commit unless --source-commit says otherwise), and
+``stale`` the figures whose code has changed since, with the reason.
 """
 
 import argparse
@@ -55,21 +58,52 @@ def _load(path):
         return json.load(f)
 
 
+SOURCES = ("train", "beam", "layer", "loss_scale")
+
+
+def key_values(pairs, option, allowed=None) -> dict:
+    """{KEY: VALUE} from repeated ``KEY=VALUE`` options; a clear ValueError for anything else."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not value or (allowed and key not in allowed):
+            keys = f" with KEY one of {', '.join(allowed)}" if allowed else ""
+            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE{keys}")
+        out[key] = value
+    return out
+
+
 def summary(args) -> dict:
     train, beam, layer, scale = _load(args.train), _load(args.beam), _load(args.layer), _load(args.loss_scale)
-    result = {"gpu": args.gpu, "commit": args.commit}
+    source_commit = {name: args.commit for name in SOURCES}
+    source_commit.update(key_values(args.source_commit, "--source-commit", SOURCES))
+    stale = key_values(args.stale, "--stale")
+    result, commits = {"gpu": args.gpu, "commit": args.commit}, {}
     if train:
         result["train_wps_ratio"] = train_ratios(train, args.warm_start_fraction)
+        commits["train_wps_ratio"] = source_commit["train"]
         dk128 = next((r for r in train["rows"] if r["name"] == "collab_dk128"), None)
         if dk128 and "memory_ratio" in dk128:
             result["peak_memory_ratio"] = {"dk128": dk128["memory_ratio"]}
+            commits["peak_memory_ratio"] = source_commit["train"]
     if beam:
         rows = [r for r in beam["rows"] if r["config"] == "collab_dk128"]
         result["beam_sentences_ratio"] = {str(r["length"]): r["ratio"] for r in rows}
+        commits["beam_sentences_ratio"] = source_commit["beam"]
     if layer:
-        result.update(layer_ratios(layer, args.layer_kernel), layer_dtype=layer["dtype"])
+        layer_result = layer_ratios(layer, args.layer_kernel)
+        result.update(layer_result, layer_dtype=layer["dtype"])
+        commits.update({key: source_commit["layer"] for key in layer_result})
     if scale:
         result["loss_scale_min"] = {k: lowest_scale(scale, k) for k in ("transformer", "collab_dk128")}
+        commits["loss_scale_min"] = source_commit["loss_scale"]
+    unknown = sorted(set(stale) - set(result))
+    if unknown:
+        raise ValueError(f"--stale names {', '.join(unknown)}, which this summary does not hold")
+    # "commit" is the latest code measured; "commits" says which commit each figure comes from
+    result["commits"] = commits
+    if stale:
+        result["stale"] = stale
     return result
 
 
@@ -77,6 +111,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", required=True)
     parser.add_argument("--commit", required=True, help="the commit whose code was measured")
+    parser.add_argument(
+        "--source-commit",
+        action="append",
+        help="SOURCE=COMMIT (SOURCE: train, beam, layer or loss_scale): a source measured on older code than --commit",
+    )
+    parser.add_argument("--stale", action="append", help="KEY=REASON: a figure the code has changed under since")
     parser.add_argument("--train")
     parser.add_argument("--warm-start-fraction", type=float, default=1 / 3)
     parser.add_argument("--beam")

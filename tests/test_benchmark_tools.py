@@ -81,3 +81,23 @@ def test_summary_has_the_issue_keys(tmp_path):
     assert result["layer_speed_ratio"] == {"dk64_1024": 1.1} and result["layer_memory_ratio"] == {"dk64_1024": 0.6}
     assert result["layer_kernel"] == {"dk64_1024": "folded"}
     assert result["loss_scale_min"] == {"transformer": 16.0, "collab_dk128": 8.0}
+
+
+def test_summary_names_the_commit_of_each_figure_and_what_went_stale(tmp_path):
+    train = {"rows": [{"name": "collab_dk128", "ratio": 0.96, "memory_ratio": 0.87}]}
+    layer = {"dtype": "bfloat16", "rows": [{"layer": "ours (fused)", "shape": "8x1024", "key_dim": 64, "ratio": 1.1,
+                                            "flop_ratio": 1.3, "memory_ratio": 0.5}]}  # fmt: skip
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "layer.json").write_text(json.dumps(layer))
+    out = tmp_path / "summary.json"
+    argv = ["--gpu", "H100", "--commit", "new", "--train", str(tmp_path / "train.json")]
+    argv += ["--layer", str(tmp_path / "layer.json"), "--source-commit", "layer=old", "--out", str(out)]
+    assert performance_summary.main([*argv, "--stale", "layer_speed_ratio=baseline changed since"]) == 0
+    result = json.load(open(out))
+    assert result["commit"] == "new" and result["layer_speed_ratio"] == {"dk64_1024": 1.1}
+    assert result["commits"]["train_wps_ratio"] == "new" and result["commits"]["peak_memory_ratio"] == "new"
+    assert result["commits"]["layer_speed_ratio"] == "old" and result["commits"]["layer_memory_ratio"] == "old"
+    assert result["stale"] == {"layer_speed_ratio": "baseline changed since"}
+    out.unlink()
+    assert performance_summary.main([*argv, "--stale", "beam_sentences_ratio=no beam file given"]) == 2
+    assert performance_summary.main([*argv, "--source-commit", "trian=x"]) == 2 and not out.exists()
