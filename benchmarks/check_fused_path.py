@@ -3,8 +3,8 @@
 With kernel="sdpa" (bias and padding as a mask) or "folded" (folded into extra key dimensions, no mask)
 the layer takes F.scaled_dot_product_attention when no weights are asked for, with kernel="fused" its own
 Triton kernel (collaborative mode, D_k <= 128; elsewhere it falls back to bmm), with kernel="mixgemm" the
-token-major GEMMs (collaborative mode; elsewhere bmm), and an explicit
-softmax(QK^T) path otherwise. This script runs both on the same random inputs (padding, causal mask,
+token-major GEMMs (collaborative mode; elsewhere bmm), with kernel="compiled" those through torch.compile, and
+an explicit softmax(QK^T) path otherwise. This script runs both on the same random inputs (padding, causal mask,
 cross-attention) in half precision and compares outputs and every parameter's gradient by relative
 L2 error; it exits non-zero if any exceeds --tolerance (default by precision: float16 5e-3,
 bfloat16 2e-2 (8 mantissa bits), float32 1e-4).
@@ -74,7 +74,7 @@ def main():
     print("| kernel | mode | D_k | attention | output rel. error | worst gradient rel. error |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
-    for kernel in ("sdpa", "folded", "fused", "mixgemm"):
+    for kernel in ("sdpa", "folded", "fused", "mixgemm", "compiled"):
         for mode, key_dim in [("collaborative", 128), ("concatenate", 128), ("collaborative", 512)]:
             for kind in ("encoder_self", "decoder_self", "cross"):
                 out_err, grad_err = check(mode, key_dim, kind, args.device, dtype, kernel)

@@ -223,7 +223,7 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
         (
             dict(key_dim=8, kernel="flash"),
-            "unknown attention kernel 'flash'; choose one of auto, bmm, sdpa, folded, fused, mixgemm",
+            "unknown attention kernel 'flash'; choose one of auto, bmm, sdpa, folded, fused, mixgemm, compiled$",
         ),
     ],
 )
@@ -393,3 +393,32 @@ def test_cross_attention_cache_is_reordered_only_when_the_batch_shrinks():
     layer.reorder_incremental_state(state, shrink)
     for name, cached in cache.items():
         assert torch.equal(layer._get_input_buffer(state)[name], cached.index_select(0, shrink))
+
+
+def test_compiled_kernel_equals_mixgemm_in_outputs_and_gradients_at_changing_shapes():
+    """``compiled`` is mixgemm through torch.compile (on the CPU: Inductor's C++ backend): the same outputs and
+    parameter gradients for every kind of attention fairseq calls, also at a second batch shape (the graph is
+    compiled with dynamic shapes; a new shape must not change the arithmetic), and decoding steps go to mixgemm."""
+    for kind, shapes in [("self", [(7, 7), (5, 5)]), ("cross", [(7, 9), (4, 6)])]:
+        layer = _random_layer(kind)
+        for tgt_len, src_len in shapes:
+            query, key, padding = _inputs("cross" if kind == "cross" else "self", tgt_len=tgt_len, src_len=src_len)
+            calls = (
+                [dict(key_padding_mask=padding), dict(attn_mask=_causal(tgt_len))]
+                if kind == "self"
+                else [dict(key_padding_mask=padding, static_kv=True)]
+            )
+            for kwargs in calls:
+                results = []
+                for kernel in ("mixgemm", "compiled"):
+                    layer.kernel = kernel
+                    layer.zero_grad()
+                    out, _ = layer(query, key, key, need_weights=False, **kwargs)
+                    out.pow(2).sum().backward()
+                    results.append(
+                        (out, {n: p.grad.clone() for n, p in layer.named_parameters() if n != "k_proj.bias"})
+                    )
+                (ref, ref_grads), (out, grads) = results
+                assert (out - ref).abs().max() <= TOL, (kind, tgt_len, kwargs.keys())
+                for name, grad in ref_grads.items():
+                    assert (grads[name] - grad).norm() <= 1e-5 * grad.norm(), (kind, name)

@@ -79,7 +79,8 @@ class CollabAttentionConfig(FairseqDataclass):
             "a mask), folded (fused attention with no mask: content bias and padding folded into extra key dims), "
             "fused (one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA "
             "only, elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
-            "token-major scores); the same function, results/performance.md times them"
+            "token-major scores), compiled (mixgemm through torch.compile: its elementwise chain fused, fewer "
+            "launches; the first batches compile); the same function, results/performance.md times them"
         },
     )
 

@@ -15,12 +15,13 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
 all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention. Two more take
 the shared queries and the mixing matrix instead of per-head queries, so the layer calls them itself:
-``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major) and ``fused``
-(modules/fused_collab_attention.py, Triton). ``auto`` (the default) picks one by device and length
-(:func:`resolve_kernel`); for concatenated heads, and where ``fused`` cannot run, the layer takes
-:func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
+``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major), ``compiled`` (``mixgemm``
+through torch.compile) and ``fused`` (modules/fused_collab_attention.py, Triton). ``auto`` (the default) picks
+one by device and length (:func:`resolve_kernel`); for concatenated heads, and where ``fused`` cannot run, the
+layer takes :func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
 """
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -157,7 +158,7 @@ def mixing_gemm_attention(
     more memory than ``bmm``; ``fused`` is the one for long sequences.
     """
     bsz, tgt_len, dim = shared.shape
-    heads, src_len = mixing.size(0), keys.size(1)
+    heads = mixing.size(0)
     if tgt_len == 1:  # a decoding step: H x D values per sentence, where one product is cheaper than a GEMM
         queries = shared * (mixing if mixing_scale == 1.0 else mixing * mixing_scale)  # B x 1 x D, H x D -> B x H x D
     else:
@@ -166,7 +167,14 @@ def mixing_gemm_attention(
         identity = _identity(dim, mixing.dtype, mixing.device, mixing_scale)
         weight = (mixing.unsqueeze(1) * identity).view(heads * dim, dim)
         queries = F.linear(shared, weight).view(bsz, tgt_len * heads, dim)
-    scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, tgt_len, heads, src_len)
+    return token_major_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p)
+
+
+def token_major_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+    """``mixgemm`` from its per-head queries on: queries B x (T*H) x D (token-major), keys B x S x D, the rest as
+    for the other kernels; returns B x H x T x d_v."""
+    bsz, src_len, heads = keys.size(0), keys.size(1), values.size(1)
+    scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, -1, heads, src_len)
     bias = score_bias(content_bias, key_padding_mask, attn_mask, scores.dtype)
     if bias is not None:
         scores = scores + bias.transpose(1, 2)  # B|1 x H|1 x T|1 x S -> the scores' B x T x H x S
@@ -174,6 +182,41 @@ def mixing_gemm_attention(
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs.transpose(1, 2), values)
+
+
+def _compilable_mixgemm(shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, scale):
+    """``mixgemm`` for torch.compile: the stacked diag(m_h) from diag_embed (a generated kernel there) instead of the
+    cached identity, whose global cache the compiler would have to guard on."""
+    bsz, tgt_len, dim = shared.shape
+    weight = torch.diag_embed(mixing * scale).view(-1, dim)  # H x D x D -> H*D x D
+    queries = F.linear(shared, weight).view(bsz, tgt_len * mixing.size(0), dim)
+    return token_major_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_mixgemm():
+    # dynamic shapes: batch, target and source lengths change with every batch, and must not recompile
+    return torch.compile(_compilable_mixgemm, dynamic=True)
+
+
+def compiled_attention(
+    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
+) -> Tensor:
+    """The ``compiled`` kernel: ``mixgemm``'s arithmetic through torch.compile (arguments as for ``mixgemm``).
+
+    Inductor fuses what ``mixgemm`` launches one by one around its three GEMMs (the stacked mixing weight, the
+    bias and mask additions, the float32 softmax with its two casts, dropout, the probabilities' transpose) into a
+    few generated kernels, forward and backward, and the whole chain is one call: fewer launches and less host
+    work per layer, where a training step at MT lengths waits for the host. One graph per kind of call (masks
+    present or not, dropout on or off), shapes dynamic. A decoding step (T = 1) runs ``mixgemm`` as it is.
+    """
+    if shared.size(1) == 1:
+        return mixing_gemm_attention(
+            shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
+        )
+    return _compiled_mixgemm()(
+        shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
+    )
 
 
 _IDENTITIES: Dict[Tuple, Tensor] = {}
@@ -212,7 +255,7 @@ KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attent
 # these take the shared queries (B x T x D_k) and the mixing matrix with the factor that scales it (the attention
 # scaling), so the layer calls them itself; a None result means "cannot run these inputs", and the layer takes
 # fallback_kernel(...)
-SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention}
+SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention, "compiled": compiled_attention}
 KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
 
 # ``auto`` on CUDA by number of keys (one layer, forward + backward, on an H100, results/performance.md): at MT
