@@ -9,7 +9,7 @@ cross-attention) in half precision and compares outputs and every parameter's gr
 L2 error; it exits non-zero if any exceeds --tolerance (default by precision: float16 5e-3,
 bfloat16 2e-2 (8 mantissa bits), float32 1e-4).
 
-    python benchmarks/check_fused_path.py [--device cuda] [--dtype float16] [--tolerance T]
+    python benchmarks/check_fused_path.py [--device cuda] [--dtype float16] [--tolerance T] [--kernels mixgemm,compiled]
 """
 
 import argparse
@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--tolerance", type=float, help="default: 5e-3 float16, 2e-2 bfloat16, 1e-4 float32")
+    parser.add_argument("--kernels", default="sdpa,folded,fused,mixgemm,compiled", help="comma-separated")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     tolerance = args.tolerance or {"float16": 5e-3, "bfloat16": 2e-2, "float32": 1e-4}[args.dtype]
@@ -74,7 +75,7 @@ def main():
     print("| kernel | mode | D_k | attention | output rel. error | worst gradient rel. error |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
-    for kernel in ("sdpa", "folded", "fused", "mixgemm", "compiled"):
+    for kernel in args.kernels.split(","):
         for mode, key_dim in [("collaborative", 128), ("concatenate", 128), ("collaborative", 512)]:
             for kind in ("encoder_self", "decoder_self", "cross"):
                 out_err, grad_err = check(mode, key_dim, kind, args.device, dtype, kernel)
