@@ -3,10 +3,10 @@
 Rows (E=512, H=8, training mode, key padding, autocast): fairseq MultiheadAttention (the baseline),
 a naive collaborative layer written like the authors' code (per-head keys materialised, explicit
 softmax), and ours with each kernel (sdpa: torch's fused attention; bmm: one GEMM of all heads'
-queries against the shared keys; folded; fused: the Triton kernel), at D_k in {512, 256, 128, 64} and several
-(sentences x tokens): time, peak memory of forward + backward, and the FLOP ratio in closed form (every
-collaborative head scores over all D_k dimensions: H x D_k multiply-adds per query-key pair, against the
-standard layer's H x d_k = E), the ceiling of the speed ratio at long sequences.
+queries against the shared keys; folded; flash: folded with padded values; fused: the Triton kernel; mixgemm),
+at D_k in {512, 256, 128, 64} and several (sentences x tokens): time, peak memory of forward + backward, and the
+FLOP ratio in closed form (every collaborative head scores over all D_k dimensions: H x D_k multiply-adds per
+query-key pair, against the standard layer's H x d_k = E), the ceiling of the speed ratio at long sequences.
 Before timing, each of our paths is checked against the naive formulation in float32 on the same weights and
 inputs (outputs and gradients); a path that disagrees is not timed. Also measures the incremental
 decoding key cache (bytes per sentence per step) against fairseq's.
@@ -155,7 +155,7 @@ def main():
                 {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms,
                  "peak_bytes": peak, "memory_ratio": peak / base_bytes, "flop_ratio": flop_ratio}
             )  # fmt: skip
-            for impl in ("sdpa", "bmm", "folded", "fused", "mixgemm"):
+            for impl in ("sdpa", "bmm", "folded", "flash", "fused", "mixgemm"):
                 err, ok = agree(layer, impl, x, padding, dtype, tol)
                 row = {"shape": shape, "layer": f"ours ({impl})", "key_dim": key_dim, "max_rel_error": err}
                 if ok:

@@ -1,6 +1,7 @@
 """Check, on the GPU, that the fused path of CollaborativeMultiheadAttention equals its explicit path.
 
-With kernel="sdpa" (bias and padding as a mask) or "folded" (folded into extra key dimensions, no mask)
+With kernel="sdpa" (bias and padding as a mask), "folded" (folded into extra key dimensions, no mask) or "flash"
+(folded, the values padded to the same width)
 the layer takes F.scaled_dot_product_attention when no weights are asked for, with kernel="fused" its own
 Triton kernel (collaborative mode, D_k <= 128; elsewhere it falls back to bmm), with kernel="mixgemm" the
 token-major GEMMs (collaborative mode; elsewhere bmm), with kernel="compiled" those through torch.compile, and
@@ -66,7 +67,7 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--tolerance", type=float, help="default: 5e-3 float16, 2e-2 bfloat16, 1e-4 float32")
-    parser.add_argument("--kernels", default="sdpa,folded,fused,mixgemm,compiled", help="comma-separated")
+    parser.add_argument("--kernels", default="sdpa,folded,flash,fused,mixgemm,compiled", help="comma-separated")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     tolerance = args.tolerance or {"float16": 5e-3, "bfloat16": 2e-2, "float32": 1e-4}[args.dtype]

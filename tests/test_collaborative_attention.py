@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 
 from collab_fairseq.modules import CollaborativeMultiheadAttention
@@ -60,6 +61,7 @@ def _causal(t):
         (False, "bmm"),
         (False, "sdpa"),
         (False, "folded"),
+        (False, "flash"),
         (False, "fused"),
         (False, "mixgemm"),
     ],
@@ -222,8 +224,8 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=8, mode="grouped"), "unknown collaborative attention mode"),
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
         (
-            dict(key_dim=8, kernel="flash"),
-            "unknown attention kernel 'flash'; choose one of auto, bmm, sdpa, folded, fused, mixgemm, compiled$",
+            dict(key_dim=8, kernel="cudnn"),
+            "unknown attention kernel 'cudnn'; choose one of auto, bmm, sdpa, folded, flash, fused, mixgemm, compiled$",
         ),
     ],
 )
@@ -241,7 +243,7 @@ def test_gradients_reach_mixing_and_content_bias():
     assert layer.content_bias.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "folded", "mixgemm"])
+@pytest.mark.parametrize("kernel", ["sdpa", "folded", "flash", "mixgemm"])
 @pytest.mark.parametrize("mode,key_dim", [("collaborative", 12), ("concatenate", 8)])
 def test_fused_and_explicit_paths_give_the_same_gradients(mode, key_dim, kernel):
     """With kernel="sdpa" or "folded", need_weights=False takes scaled_dot_product_attention, with "mixgemm" the
@@ -422,3 +424,32 @@ def test_compiled_kernel_equals_mixgemm_in_outputs_and_gradients_at_changing_sha
                 assert (out - ref).abs().max() <= TOL, (kind, tgt_len, kwargs.keys())
                 for name, grad in ref_grads.items():
                     assert (grads[name] - grad).norm() <= 1e-5 * grad.norm(), (kind, name)
+
+
+def test_flash_kernel_gives_torch_one_width_for_queries_keys_and_values(monkeypatch):
+    """torch's flash attention needs queries, keys and values of one width: ``flash`` pads the values to the folded
+    width (and cuts the output back), ``folded`` passes them as they are."""
+    import collab_fairseq.modules.attention_kernels as kernels
+
+    widths, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(kernels.F, "scaled_dot_product_attention", lambda q, k, v, **kw: widths.append(
+        (q.size(-1), k.size(-1), v.size(-1))) or sdpa(q, k, v, **kw))  # fmt: skip
+    layer = _random_layer("self", 12, "collaborative", "normal")
+    query, _, padding = _inputs("self")
+    outs = []
+    for kernel in ("folded", "flash"):
+        layer.kernel = kernel
+        outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
+    assert widths == [(16, 16, EMBED // HEADS), (16, 16, 16)]  # D_k 12 + the bias column, padded to 16
+    assert (outs[0] - outs[1]).abs().max() <= TOL
+    # values wider than the folded queries: zeros on queries and keys instead
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(2, 3, 5, 4, generator=g),
+        torch.randn(2, 1, 6, 4, generator=g),
+        torch.randn(2, 3, 6, 20, generator=g),
+    )
+    bias, pad = torch.randn(2, 3, 6, generator=g), torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    folded, flash = (kernels.KERNELS[name](q, k, v, bias, pad, None, 0.0) for name in ("folded", "flash"))
+    assert widths[2:] == [(8, 8, 20), (24, 24, 24)] and flash.shape == folded.shape == (2, 3, 5, 20)
+    assert (flash - folded).abs().max() <= TOL

@@ -150,7 +150,7 @@ BAD_INPUTS = [
     (["--collab-attentions", "encoder_self,cross"], "unknown attention(s) cross"),
     (["--collab-mixing-init", "zeros"], "invalid choice: 'zeros'"),
     (["--collab-mode", "grouped"], "invalid choice: 'grouped'"),
-    (["--collab-attention-kernel", "flash"], "invalid choice: 'flash'"),
+    (["--collab-attention-kernel", "cudnn"], "invalid choice: 'cudnn'"),
     (["--collab-mixing-lr-scale", "-0.5"], "mixing learning-rate scale must be >= 0"),
     (["--collab-layer-key-dims", "encoder_self:9=16"], "encoder_self:9 does not exist (2 layers, 0-based)"),
     (["--collab-layer-key-dims", "cross:0=16"], "cannot read 'cross:0=16'"),

@@ -13,8 +13,9 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
     dropout_p         float             attention dropout (0 outside training)
 
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
-all heads' queries against the shared keys), ``sdpa`` and ``folded`` call torch's fused attention. Two more take
-the shared queries and the mixing matrix instead of per-head queries, so the layer calls them itself:
+all heads' queries against the shared keys), ``sdpa``, ``folded`` and ``flash`` call torch's fused attention.
+Three more take the shared queries and the mixing matrix instead of per-head queries, so the layer calls them
+itself:
 ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major), ``compiled`` (``mixgemm``
 through torch.compile) and ``fused`` (modules/fused_collab_attention.py, Triton). ``auto`` (the default) picks
 one by device and length (:func:`resolve_kernel`); for concatenated heads, and where ``fused`` cannot run, the
@@ -32,6 +33,7 @@ from torch import Tensor
 # key value of the folded bias column at padding: finite, so no -inf * 0 in the backward through the keys,
 # yet the padded keys' scores are ~-6e4, whose exp is exactly 0; fits fp16 (max 65504)
 FOLDED_PADDING_KEY = -6.0e4
+FLASH_MAX_WIDTH = 256  # the widest queries, keys and values torch's flash attention takes
 
 
 def attention_scores(queries: Tensor, keys: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -103,7 +105,9 @@ def sdpa_attention(queries, keys, values, content_bias, key_padding_mask, attn_m
     )
 
 
-def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+def folded_attention(
+    queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, pad_values=False
+) -> Tensor:
     """torch's fused attention with no mask tensor.
 
     Every head's query gains a 1 and every key the head's content bias (a large negative number at padding),
@@ -111,10 +115,20 @@ def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn
     scaled_dot_product_attention then needs no mask and may pick its flash/efficient kernels. The future mask
     becomes ``is_causal``; any other attention mask stays a mask. The keys are copied per head here (d + 8
     dims each), the price of folding a per-head bias in.
+
+    ``pad_values`` (the ``flash`` kernel): queries, keys and values zero-padded to one width (the output cut back),
+    because torch's flash attention needs one; without it torch takes its memory-efficient kernel, whose
+    backward is slow at MT lengths for widths over 128 (results/performance.md). Not over FLASH_MAX_WIDTH, which
+    flash attention does not take (there ``flash`` is ``folded``).
     """
     bsz, heads, _, _ = queries.shape
     src_len = keys.size(2)
-    width = 8 - queries.size(-1) % 8 if queries.size(-1) % 8 else 8
+    width = 8 - queries.size(-1) % 8 if queries.size(-1) % 8 else 8  # the bias column and zeros after it
+    value_dim = values.size(-1)
+    one_width = max(queries.size(-1) + width, -(-value_dim // 8) * 8)
+    padded = pad_values and value_dim != one_width and one_width <= FLASH_MAX_WIDTH
+    if padded:  # values wider than the folded queries: more zeros on the queries and keys
+        width = one_width - queries.size(-1)
     if content_bias is None:
         column = queries.new_zeros(bsz, heads, src_len)
     else:
@@ -128,15 +142,21 @@ def folded_attention(queries, keys, values, content_bias, key_padding_mask, attn
         causal = is_future_mask(attn_mask)
         if not causal:
             mask = score_bias(None, None, attn_mask, queries.dtype)
-    return F.scaled_dot_product_attention(
+    out = F.scaled_dot_product_attention(
         torch.cat([queries, extra_q], dim=-1),
         torch.cat([keys.expand(bsz, heads, -1, -1), extra_k.to(keys.dtype)], dim=-1),
-        values,
+        F.pad(values, (0, one_width - value_dim)) if padded else values,
         attn_mask=mask,
         dropout_p=dropout_p,
         is_causal=causal,
         scale=1.0,
     )
+    return out[..., :value_dim] if padded else out
+
+
+def flash_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
+    """The ``flash`` kernel: ``folded`` with queries, keys and values of one width (torch's flash attention)."""
+    return folded_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, True)
 
 
 def mixing_gemm_attention(
@@ -251,7 +271,7 @@ def fused_attention(
     )
 
 
-KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention}
+KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention, "flash": flash_attention}
 # these take the shared queries (B x T x D_k) and the mixing matrix with the factor that scales it (the attention
 # scaling), so the layer calls them itself; a None result means "cannot run these inputs", and the layer takes
 # fallback_kernel(...)

@@ -499,7 +499,7 @@ class CollaborativeMultiheadAttention(nn.Module):
                     return self._output(attn, tgt_len, bsz), None
             kernel_name = fallback_kernel(self.kernel, kernel_name)
             kernel = KERNELS[kernel_name]
-            dense = kernel_name != "folded"  # folded copies the queries anyway
+            dense = kernel_name not in ("folded", "flash")  # these copy the queries anyway
             attn = kernel(
                 self._head_queries(q, dense=dense, constants=constants, mixing=mixing),
                 self._head_keys(k),
