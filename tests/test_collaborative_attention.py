@@ -297,15 +297,16 @@ def test_auto_kernel_is_bmm_on_the_cpu_and_picks_by_length_on_cuda():
     assert fallback_kernel("auto", "fused") == "folded" and fallback_kernel("fused", "fused") == "bmm"
     assert fallback_kernel("auto", "mixgemm") == fallback_kernel("mixgemm", "mixgemm") == "bmm"  # concatenated heads
     assert [fallback_kernel("auto", k) for k in ("bmm", "sdpa", "folded")] == ["bmm", "sdpa", "folded"]
-    auto, bmm = _auto_and_bmm_outputs()
+    auto, bmm = _outputs_of("auto", "bmm")
     assert torch.equal(auto, bmm)
 
 
-def _auto_and_bmm_outputs():
+def _outputs_of(*kernels):
+    """The same padded self-attention through each kernel: one output each."""
     layer = _random_layer("self", 12, "collaborative", "normal")
     query, _, padding = _inputs("self")
     outs = []
-    for kernel in ("auto", "bmm"):
+    for kernel in kernels:
         layer.kernel = kernel
         outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
     return outs
@@ -322,7 +323,7 @@ def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
     calls = []
     folded = kernels.KERNELS["folded"]
     monkeypatch.setitem(kernels.KERNELS, "folded", lambda *args: calls.append(1) or folded(*args))
-    auto, bmm = _auto_and_bmm_outputs()
+    auto, bmm = _outputs_of("auto", "bmm")
     assert calls == [1]  # auto's fused fell back to folded; an explicit kernel's to bmm
     assert (auto - bmm).abs().max() <= TOL
 
@@ -434,12 +435,7 @@ def test_flash_kernel_gives_torch_one_width_for_queries_keys_and_values(monkeypa
     widths, sdpa = [], F.scaled_dot_product_attention
     monkeypatch.setattr(kernels.F, "scaled_dot_product_attention", lambda q, k, v, **kw: widths.append(
         (q.size(-1), k.size(-1), v.size(-1))) or sdpa(q, k, v, **kw))  # fmt: skip
-    layer = _random_layer("self", 12, "collaborative", "normal")
-    query, _, padding = _inputs("self")
-    outs = []
-    for kernel in ("folded", "flash"):
-        layer.kernel = kernel
-        outs.append(layer(query, query, query, key_padding_mask=padding, need_weights=False)[0])
+    outs = _outputs_of("folded", "flash")
     assert widths == [(16, 16, EMBED // HEADS), (16, 16, 16)]  # D_k 12 + the bias column, padded to 16
     assert (outs[0] - outs[1]).abs().max() <= TOL
     # values wider than the folded queries: zeros on queries and keys instead
