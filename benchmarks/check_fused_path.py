@@ -1,14 +1,13 @@
 """Check, on the GPU, that the fused path of CollaborativeMultiheadAttention equals its explicit path.
 
 With kernel="sdpa" (bias and padding as a mask), "folded" (folded into extra key dimensions, no mask) or "flash"
-(folded, the values padded to the same width)
-the layer takes F.scaled_dot_product_attention when no weights are asked for, with kernel="fused" its own
-Triton kernel (collaborative mode, D_k <= 128; elsewhere it falls back to bmm), with kernel="mixgemm" the
-token-major GEMMs (collaborative mode; elsewhere bmm), with kernel="compiled" those through torch.compile, and
-an explicit softmax(QK^T) path otherwise. This script runs both on the same random inputs (padding, causal mask,
-cross-attention) in half precision and compares outputs and every parameter's gradient by relative
-L2 error; it exits non-zero if any exceeds --tolerance (default by precision: float16 5e-3,
-bfloat16 2e-2 (8 mantissa bits), float32 1e-4).
+(folded, queries, keys and values padded to one width) the layer takes F.scaled_dot_product_attention when no
+weights are asked for, with kernel="fused" its own Triton kernel (collaborative mode, D_k <= 128; elsewhere it
+falls back to bmm), with kernel="mixgemm" the token-major GEMMs (collaborative mode; elsewhere bmm), with
+kernel="compiled" those through torch.compile, and an explicit softmax(QK^T) path otherwise. This script runs
+both on the same random inputs (padding, causal mask, cross-attention) in half precision and compares outputs and
+every parameter's gradient by relative L2 error; it exits non-zero if any exceeds --tolerance (default by
+precision: float16 5e-3, bfloat16 2e-2 (8 mantissa bits), float32 1e-4).
 
     python benchmarks/check_fused_path.py [--device cuda] [--dtype float16] [--tolerance T] [--kernels mixgemm,compiled]
 """

@@ -77,7 +77,7 @@ class CollabAttentionConfig(FairseqDataclass):
             "CPU; on CUDA mixgemm, fused from 512 keys, folded from 2048), bmm (one GEMM of all heads' queries "
             "against the shared keys, then softmax), sdpa (torch's fused attention, the content bias and padding as "
             "a mask), folded (fused attention with no mask: content bias and padding folded into extra key dims), "
-            "flash (folded with the values padded to that width, so that torch's flash attention can run), "
+            "flash (folded with queries, keys and values padded to one width, so that torch's flash attention runs), "
             "fused (one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA "
             "only, elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
             "token-major scores), compiled (mixgemm through torch.compile: its elementwise chain fused, fewer "

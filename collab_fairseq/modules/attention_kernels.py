@@ -15,11 +15,10 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
 all heads' queries against the shared keys), ``sdpa``, ``folded`` and ``flash`` call torch's fused attention.
 Three more take the shared queries and the mixing matrix instead of per-head queries, so the layer calls them
-itself:
-``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major), ``compiled`` (``mixgemm``
-through torch.compile) and ``fused`` (modules/fused_collab_attention.py, Triton). ``auto`` (the default) picks
-one by device and length (:func:`resolve_kernel`); for concatenated heads, and where ``fused`` cannot run, the
-layer takes :func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
+itself: ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major), ``compiled``
+(``mixgemm`` through torch.compile) and ``fused`` (modules/fused_collab_attention.py, Triton). ``auto`` (the
+default) picks one by device and length (:func:`resolve_kernel`); for concatenated heads, and where ``fused``
+cannot run, the layer takes :func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
 """
 
 import functools
@@ -127,7 +126,7 @@ def folded_attention(
     value_dim = values.size(-1)
     one_width = max(queries.size(-1) + width, -(-value_dim // 8) * 8)
     padded = pad_values and value_dim != one_width and one_width <= FLASH_MAX_WIDTH
-    if padded:  # values wider than the folded queries: more zeros on the queries and keys
+    if padded:  # queries and keys take more zeros only where the values are wider than them
         width = one_width - queries.size(-1)
     if content_bias is None:
         column = queries.new_zeros(bsz, heads, src_len)
