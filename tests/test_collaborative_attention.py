@@ -398,7 +398,7 @@ def test_cross_attention_cache_is_reordered_only_when_the_batch_shrinks():
         assert torch.equal(layer._get_input_buffer(state)[name], cached.index_select(0, shrink))
 
 
-def test_compiled_kernel_equals_mixgemm_in_outputs_and_gradients_at_changing_shapes():
+def test_compiled_kernel_equals_mixgemm_in_outputs_and_gradients_at_changing_shapes(monkeypatch):
     """``compiled`` is mixgemm through torch.compile (on the CPU: Inductor's C++ backend): the same outputs and
     parameter gradients for every kind of attention fairseq calls, also at a second batch shape (the graph is
     compiled with dynamic shapes; a new shape must not change the arithmetic), and decoding steps go to mixgemm."""
@@ -425,11 +425,22 @@ def test_compiled_kernel_equals_mixgemm_in_outputs_and_gradients_at_changing_sha
                 assert (out - ref).abs().max() <= TOL, (kind, tgt_len, kwargs.keys())
                 for name, grad in ref_grads.items():
                     assert (grads[name] - grad).norm() <= 1e-5 * grad.norm(), (kind, name)
+    import collab_fairseq.modules.attention_kernels as kernels
+
+    monkeypatch.setattr(kernels, "_compiled_mixgemm", lambda: pytest.fail("a decoding step went to torch.compile"))
+    layer = _random_layer("self")
+    step = _inputs("self", tgt_len=1)[0]
+    outs = []
+    for kernel in ("mixgemm", "compiled"):
+        layer.kernel = kernel
+        outs.append(layer(step, step, step, incremental_state={}, need_weights=False)[0])
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_flash_kernel_gives_torch_one_width_for_queries_keys_and_values(monkeypatch):
-    """torch's flash attention needs queries, keys and values of one width: ``flash`` pads the values to the folded
-    width (and cuts the output back), ``folded`` passes them as they are."""
+    """torch's flash attention needs queries, keys and values of one width: ``flash`` pads them to one (the values
+    to the folded width, or the queries and keys where the values are wider) and cuts the output back; ``folded``
+    passes the values as they are."""
     import collab_fairseq.modules.attention_kernels as kernels
 
     widths, sdpa = [], F.scaled_dot_product_attention
