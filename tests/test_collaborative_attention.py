@@ -225,7 +225,8 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
         (
             dict(key_dim=8, kernel="cudnn"),
-            "unknown attention kernel 'cudnn'; choose one of auto, bmm, sdpa, folded, flash, fused, mixgemm, compiled$",
+            "unknown attention kernel 'cudnn'; choose one of auto, bmm, sdpa, folded, flash, fused, mixgemm, compiled, "
+            "flex$",
         ),
     ],
 )
@@ -460,3 +461,40 @@ def test_flash_kernel_gives_torch_one_width_for_queries_keys_and_values(monkeypa
     folded, flash = (kernels.KERNELS[name](q, k, v, bias, pad, None, 0.0) for name in ("folded", "flash"))
     assert widths[2:] == [(8, 8, 20), (24, 24, 24)] and flash.shape == folded.shape == (2, 3, 5, 20)
     assert (flash - folded).abs().max() <= TOL
+
+
+def test_flex_kernel_equals_bmm_where_it_runs_and_steps_aside_where_it_cannot(monkeypatch):
+    """``flex`` (torch's FlexAttention: the content bias and padding in a score_mod, the future mask as a block
+    mask) gives bmm's outputs for every attention kind fairseq calls. On the CPU FlexAttention has no backward and
+    no dropout anywhere, so with gradients on the CPU, with attention dropout, and for decoding steps (mixgemm) the
+    layer takes another kernel, with the same results. Its gradients are checked on the GPU
+    (benchmarks/check_fused_path.py --kernels flex)."""
+    import collab_fairseq.modules.flex_collab_attention as flex
+
+    calls, flex_attention = [], flex.flex_attention
+    monkeypatch.setattr(flex, "flex_attention", lambda *a, **kw: calls.append(1) or flex_attention(*a, **kw))
+    for kind in ("self", "cross"):
+        layer = _random_layer(kind)
+        query, key, padding = _inputs("cross" if kind == "cross" else "self")
+        mask = _causal(query.size(0))
+        cases = [dict(key_padding_mask=padding), dict(attn_mask=mask), dict(key_padding_mask=padding, attn_mask=mask)]
+        for kwargs in cases if kind == "self" else [dict(key_padding_mask=padding, static_kv=True)]:
+            with torch.no_grad():
+                ref, out = (_kernel_output(layer, k, query, key, kwargs) for k in ("bmm", "flex"))
+            assert (out - ref).abs().max() <= TOL
+    assert len(calls) == 4
+    layer = _random_layer("self")
+    query, _, padding = _inputs("self")
+    ref, out = (_kernel_output(layer, k, query, query, dict(key_padding_mask=padding)) for k in ("bmm", "flex"))
+    layer.dropout_module.p, layer.training = 0.5, True
+    with torch.no_grad():
+        _kernel_output(layer, "flex", query, query, dict(key_padding_mask=padding))
+    step = query[:1]
+    with torch.no_grad():
+        decoded = [_kernel_output(layer.eval(), k, step, step, dict(incremental_state={})) for k in ("mixgemm", "flex")]
+    assert len(calls) == 4 and torch.equal(out, ref) and torch.equal(*decoded)  # gradients, dropout, decoding
+
+
+def _kernel_output(layer, kernel, query, key, kwargs):
+    layer.kernel = kernel
+    return layer(query, key, key, need_weights=False, **kwargs)[0]

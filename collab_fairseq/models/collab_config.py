@@ -81,7 +81,8 @@ class CollabAttentionConfig(FairseqDataclass):
             "fused (one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA "
             "only, elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
             "token-major scores), compiled (mixgemm through torch.compile: its elementwise chain fused, fewer "
-            "launches; the first batches compile); the same function, results/performance.md times them"
+            "launches; the first batches compile), flex (torch's FlexAttention, the content bias in a score_mod; no "
+            "attention dropout, CUDA for training); the same function, results/performance.md times them"
         },
     )
 

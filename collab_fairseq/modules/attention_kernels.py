@@ -14,9 +14,10 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
 
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
 all heads' queries against the shared keys), ``sdpa``, ``folded`` and ``flash`` call torch's fused attention.
-Three more take the shared queries and the mixing matrix instead of per-head queries, so the layer calls them
+Four more take the shared queries and the mixing matrix instead of per-head queries, so the layer calls them
 itself: ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major), ``compiled``
-(``mixgemm`` through torch.compile) and ``fused`` (modules/fused_collab_attention.py, Triton). ``auto`` (the
+(``mixgemm`` through torch.compile), ``fused`` (modules/fused_collab_attention.py, Triton) and ``flex``
+(modules/flex_collab_attention.py, torch's FlexAttention). ``auto`` (the
 default) picks one by device and length (:func:`resolve_kernel`); for concatenated heads, and where ``fused``
 cannot run, the layer takes :func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
 """
@@ -270,11 +271,37 @@ def fused_attention(
     )
 
 
+def flex_attention_kernel(
+    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
+) -> Optional[Tensor]:
+    """The ``flex`` kernel (modules/flex_collab_attention.py, torch's FlexAttention; arguments as for ``mixgemm``),
+    or None where it cannot run: attention dropout, a backward on the CPU, an attention mask other than the future
+    mask. A decoding step (T = 1) runs ``mixgemm``."""
+    if shared.size(1) == 1:
+        return mixing_gemm_attention(
+            shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
+        )
+    try:
+        from collab_fairseq.modules import flex_collab_attention as flex
+    except ImportError:
+        return None
+    causal = attn_mask is not None and is_future_mask(attn_mask)
+    if (attn_mask is not None and not causal) or not flex.supported(shared, dropout_p):
+        return None
+    queries = shared.unsqueeze(1) * (mixing * mixing_scale)[None, :, None, :]  # B x H x T x D
+    return flex.flex_collab_attention(queries, keys, values, content_bias, key_padding_mask, causal)
+
+
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention, "flash": flash_attention}
 # these take the shared queries (B x T x D_k) and the mixing matrix with the factor that scales it (the attention
 # scaling), so the layer calls them itself; a None result means "cannot run these inputs", and the layer takes
 # fallback_kernel(...)
-SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention, "compiled": compiled_attention}
+SHARED_QUERY_KERNELS = {
+    "fused": fused_attention,
+    "mixgemm": mixing_gemm_attention,
+    "compiled": compiled_attention,
+    "flex": flex_attention_kernel,
+}
 KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
 
 # ``auto`` on CUDA by number of keys (one layer, forward + backward, on an H100, results/performance.md): at MT
