@@ -493,6 +493,9 @@ def test_flex_kernel_equals_bmm_where_it_runs_and_steps_aside_where_it_cannot(mo
     with torch.no_grad():
         decoded = [_kernel_output(layer.eval(), k, step, step, dict(incremental_state={})) for k in ("mixgemm", "flex")]
     assert len(calls) == 4 and torch.equal(out, ref) and torch.equal(*decoded)  # gradients, dropout, decoding
+    wide, narrow = torch.zeros(1, 2, 3, flex.MAX_WIDTH + 8), torch.zeros(1, 2, 3, 8)
+    assert not flex.supported(wide, narrow, 0.0) and not flex.supported(narrow, wide, 0.0)
+    assert flex.supported(narrow, narrow, 0.0) and not flex.supported(narrow, narrow, 0.1)
 
 
 def _kernel_output(layer, kernel, query, key, kwargs):

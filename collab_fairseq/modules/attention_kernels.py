@@ -275,8 +275,8 @@ def flex_attention_kernel(
     shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
 ) -> Optional[Tensor]:
     """The ``flex`` kernel (modules/flex_collab_attention.py, torch's FlexAttention; arguments as for ``mixgemm``),
-    or None where it cannot run: attention dropout, a backward on the CPU, an attention mask other than the future
-    mask. A decoding step (T = 1) runs ``mixgemm``."""
+    or None where it cannot run: attention dropout, widths over 256, a backward on the CPU, an attention mask other
+    than the future mask. A decoding step (T = 1) runs ``mixgemm``."""
     if shared.size(1) == 1:
         return mixing_gemm_attention(
             shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
@@ -286,7 +286,7 @@ def flex_attention_kernel(
     except ImportError:
         return None
     causal = attn_mask is not None and is_future_mask(attn_mask)
-    if (attn_mask is not None and not causal) or not flex.supported(shared, dropout_p):
+    if (attn_mask is not None and not causal) or not flex.supported(shared, values, dropout_p):
         return None
     queries = shared.unsqueeze(1) * (mixing * mixing_scale)[None, :, None, :]  # B x H x T x D
     return flex.flex_collab_attention(queries, keys, values, content_bias, key_padding_mask, causal)

@@ -12,7 +12,8 @@ one backward (Triton on CUDA); the content bias's gradient comes out of the back
     key_padding_mask  B x S            bool, True at padding, or None
     causal            bool             the future mask (T = S)
 
-FlexAttention has no attention dropout, and on the CPU no backward: :func:`supported` says where it runs.
+FlexAttention has no attention dropout, and on the CPU no backward; widths over MAX_WIDTH are left to other
+kernels (FlexAttention's kernels keep a query block's full width on chip): :func:`supported` says where it runs.
 """
 
 import functools
@@ -23,11 +24,13 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 _BLOCK_MASKS: Dict[Tuple, BlockMask] = {}
+MAX_WIDTH = 256
 
 
-def supported(queries: Tensor, dropout_p: float) -> bool:
-    """Whether :func:`flex_collab_attention` can run: no attention dropout, and on the CPU no gradient asked for."""
-    if dropout_p > 0:
+def supported(queries: Tensor, values: Tensor, dropout_p: float) -> bool:
+    """Whether :func:`flex_collab_attention` can run: no attention dropout, widths up to MAX_WIDTH, and on the CPU
+    no gradient asked for."""
+    if dropout_p > 0 or max(queries.size(-1), values.size(-1)) > MAX_WIDTH:
         return False
     return queries.is_cuda or not (torch.is_grad_enabled() and queries.requires_grad)
 
