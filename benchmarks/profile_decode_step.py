@@ -3,10 +3,12 @@
 Each configuration is built with fairseq's code (as in profile_training_step.py), in fp16 on a GPU, encodes
 --sentences x --beam hypotheses of --source-tokens random words, and decodes incrementally as fairseq-generate
 does: the decoder on the last token with fairseq's incremental state, log-softmax over the vocabulary, and the
-cache reordered by a beam permutation after every step. Up to each --length it times --steps steps without the
-profiler (wall time, one synchronisation at the end), then profiles the next --steps: device time per step split
-into kernel groups, and the ops that differ most from the first configuration. Wall time well above device time
-means the GPU waits for the host (launches, Python), where kernel work cannot explain a speed ratio.
+cache reordered by a beam permutation after every step. Every configuration decodes up to --length minus --steps;
+the --steps steps that end at --length are timed without the profiler (wall time, one synchronisation at the end)
+in --wall-rounds rounds in which the configurations take turns, each round starting from the same cache (kept and
+brought back), then profiled: device time per step split into kernel groups, and the ops that differ most from
+the first configuration. Wall time well above device time means the GPU waits for the host (launches, Python),
+where kernel work cannot explain a speed ratio.
 On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measurement).
 
     python benchmarks/profile_decode_step.py --vocab 8000 --length 30 --length 200 \\
@@ -16,12 +18,26 @@ On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measur
 """
 
 import json
+import statistics
+import sys
+import tempfile
 
 import torch
-from profile_training_step import GROUPS, batches, build, for_each_config, op_differences, profiled_steps, step_parser
+from profile_training_step import (
+    GROUPS,
+    batches,
+    build,
+    op_differences,
+    profiled_steps,
+    step_parser,
+    wall_ms_per_step,
+    wall_ratios,
+    write_dict,
+)
 
 
-def profile_config(name, flags, data_dir, args, device):
+def prepare_config(name, flags, data_dir, args, device):
+    """(row, model, encoder_out, order, hypotheses, eos): the model built (fp16 on a GPU), its encoder run once."""
     model, _, task = build(flags, data_dir)
     model = model.to(device).eval()
     if device.type == "cuda":
@@ -32,24 +48,64 @@ def profile_config(name, flags, data_dir, args, device):
     # the beam search's reorder: each sentence's hypotheses permuted among themselves
     beams = torch.arange(hypotheses).view(args.sentences, args.beam)
     order = beams.gather(1, torch.randint(0, args.beam, beams.shape, generator=gen)).view(-1).to(device)
-    row = {"config": name, "flags": flags, "params": sum(p.numel() for p in model.parameters()), "lengths": []}
     with torch.no_grad():
         encoder_out = model.encoder(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"])
-        for length in args.length:
-            state = {}
-            tokens = torch.full((hypotheses, 1), task.target_dictionary.eos(), device=device)
+    row = {"config": name, "flags": flags, "params": sum(p.numel() for p in model.parameters()), "lengths": []}
+    return row, model, encoder_out, order, hypotheses, task.target_dictionary.eos()
 
-            def step(_=None):
-                nonlocal tokens
-                logits = model.decoder(tokens, encoder_out=encoder_out, incremental_state=state)
-                model.get_normalized_probs(logits, log_probs=True)
-                model.decoder.reorder_incremental_state_scripting(state, order)
-                tokens = torch.cat([tokens, torch.randint(4, args.vocab, (hypotheses, 1), device=device)], 1)
 
-            for _ in range(max(length - 2 * args.steps, 0)):
-                step()
-            row["lengths"].append({"length": length, **profiled_steps(step, range(args.steps), device, args.top)})
-    return row
+class Decoding:
+    """One configuration's incremental decoding: ``step()`` decodes one token for every hypothesis (decoder on the
+    last token, log-softmax, the beam reorder), ``snapshot()`` / ``restore()`` keep and bring back the cache, so
+    that every timing round starts from the same length."""
+
+    def __init__(self, model, encoder_out, order, hypotheses, eos, vocab, device):
+        self.model, self.encoder_out, self.order, self.vocab = model, encoder_out, order, vocab
+        self.state = {}
+        self.tokens = torch.full((hypotheses, 1), eos, device=device)
+        self.kept = None
+
+    def step(self, _=None):
+        with torch.no_grad():
+            logits = self.model.decoder(self.tokens, encoder_out=self.encoder_out, incremental_state=self.state)
+            self.model.get_normalized_probs(logits, log_probs=True)
+            self.model.decoder.reorder_incremental_state_scripting(self.state, self.order)
+            new = torch.randint(4, self.vocab, (self.tokens.size(0), 1), device=self.tokens.device)
+            self.tokens = torch.cat([self.tokens, new], 1)
+
+    def snapshot(self):
+        self.kept = (_clone(self.state), self.tokens.clone())
+
+    def restore(self):
+        self.state, self.tokens = _clone(self.kept[0]), self.kept[1].clone()
+
+
+def _clone(obj):
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    return obj.clone() if torch.is_tensor(obj) else obj
+
+
+def measure_length(prepared, length, args, device):
+    """For every configuration: decode up to ``length - steps``, then time the ``steps`` steps that end at
+    ``length`` in --wall-rounds interleaved rounds (the cache brought back before each), then profile them."""
+    decodings = []
+    for row, model, encoder_out, order, hypotheses, eos in prepared:
+        decoding = Decoding(model, encoder_out, order, hypotheses, eos, args.vocab, device)
+        for _ in range(max(length - args.steps, 0)):
+            decoding.step()
+        decoding.snapshot()
+        decodings.append(decoding)
+    walls = [[] for _ in decodings]
+    for _ in range(args.wall_rounds):
+        for times, decoding in zip(walls, decodings):
+            decoding.restore()
+            times.append(wall_ms_per_step(decoding.step, range(args.steps), device))
+    for (row, *_), decoding, wall in zip(prepared, decodings, walls):
+        decoding.restore()
+        row["lengths"].append(
+            {"length": length, **profiled_steps(decoding.step, range(args.steps), device, args.top, wall)}
+        )
 
 
 def main():
@@ -58,25 +114,34 @@ def main():
     p.add_argument("--source-tokens", type=int, default=15, help="source sentence length (Multi30k: ~13)")
     p.add_argument("--length", type=int, action="append", help="profile the steps that end at this target length")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--wall-rounds", type=int, default=5, help="rounds of unprofiled wall timing, the configurations taking turns"
+    )
     args = p.parse_args()
     args.length = args.length or [30, 200]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = for_each_config(
-        args,
-        lambda name, flags, data_dir: profile_config(name, flags, data_dir, args, device),
-        lambda row: ", ".join(
+    with tempfile.TemporaryDirectory() as data_dir:
+        write_dict(data_dir, args.vocab)
+        prepared = [prepare_config(*spec.partition(":")[::2], data_dir, args, device) for spec in args.config]
+    for length in args.length:
+        measure_length(prepared, length, args, device)
+    rows = [row for row, *_ in prepared]
+    for row in rows:
+        summary = ", ".join(
             f"L={s['length']}: {s['ms_per_step']:.2f} device / {s['wall_ms_per_step']:.2f} wall ms/step"
             for s in row["lengths"]
-        ),
-    )
+        )
+        print(f"{row['config']}: {summary}", file=sys.stderr, flush=True)
     if args.out:
         with open(args.out, "w") as f:
             device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
             meta = {"device": device_name, "torch": torch.__version__, "sentences": args.sentences}
             meta.update(beam=args.beam, source_tokens=args.source_tokens, vocab=args.vocab, steps=args.steps)
+            meta.update(wall_rounds=args.wall_rounds)
             json.dump({**meta, "rows": rows}, f, indent=1)
     names = [g for g, _ in GROUPS] + ["other"]
     print(f"{args.sentences} sentences x beam {args.beam}, source {args.source_tokens} tokens; ms per step")
+    print(f"wall: median over {args.wall_rounds} rounds; vs baseline: median (range) of the per-round ratios")
     print(f"| L | config | device ms | vs baseline | wall ms | vs baseline | {' | '.join(names)} |")
     print("|---" * (len(names) + 6) + "|")
     for length in args.length:
@@ -84,9 +149,11 @@ def main():
         for r in rows:
             s = next(s for s in r["lengths"] if s["length"] == length)
             cells = " | ".join(f"{s['groups_ms'].get(g, 0.0):.2f}" for g in names)
+            ratios = wall_ratios(s, base)
+            wall = f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
             print(
                 f"| {length} | {r['config']} | {s['ms_per_step']:.2f} | {s['ms_per_step'] / base['ms_per_step']:.3f} "
-                f"| {s['wall_ms_per_step']:.2f} | {s['wall_ms_per_step'] / base['wall_ms_per_step']:.3f} | {cells} |"
+                f"| {s['wall_ms_per_step']:.2f} | {wall} | {cells} |"
             )
     for length in args.length:
         base = next(s for s in rows[0]["lengths"] if s["length"] == length)

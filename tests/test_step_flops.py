@@ -6,21 +6,16 @@ layer: fairseq's heads 4 x 2E^2 (q, k, v, out) + 2 x 2ES (scores, values); colla
 projection to a multiple of 8) + 2HD_kS (every head scores over all D_k) + 2ES.
 """
 
-import json
-import statistics
-import subprocess
 import sys
 import tempfile
 import types
 
 import pytest
-import torch
 
 from tests.helpers import REPO, TINY_MODEL
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import decode_step_counts  # noqa: E402
-import profile_training_step  # noqa: E402
 import step_flops  # noqa: E402
 from profile_training_step import op_differences, write_dict  # noqa: E402
 
@@ -97,29 +92,3 @@ def test_float16_counts_the_casts_of_fp16_training_and_the_same_flops(rows):
         assert half[name]["gflops_per_step"] == pytest.approx(row["gflops_per_step"])
         casts = dict(half[name]["top_operators"]).get("_to_copy", 0) - dict(row["top_operators"]).get("_to_copy", 0)
         assert half[name]["operators_per_step"] - row["operators_per_step"] == casts > 0
-
-
-def test_wall_time_is_timed_in_rounds_the_configurations_take_turns_in():
-    calls = []
-    prepared = [(name, "", None, lambda sample, name=name: calls.append((name, sample)), [0, 1]) for name in "ab"]
-    walls = profile_training_step.interleaved_wall_ms(prepared, 3, torch.device("cpu"))
-    assert [name for name, _ in calls] == ["a", "a", "b", "b"] * 3  # a round: each configuration's steps in turn
-    assert len(walls) == 2 and all(len(w) == 3 and min(w) > 0 for w in walls)
-    rows = [{"wall_ms_rounds": [2.0, 4.0, 3.0]}, {"wall_ms_rounds": [1.0, 2.0, 6.0]}]
-    assert profile_training_step.wall_ratios(rows[1], rows[0]) == [0.5, 0.5, 2.0]  # paired round by round
-
-
-def test_profile_training_step_runs_end_to_end_on_the_cpu(tmp_path):
-    out = tmp_path / "profile.json"
-    flags = " ".join(TINY_MODEL)
-    argv = [sys.executable, str(REPO / "benchmarks" / "profile_training_step.py"), "--vocab", "100"]
-    argv += ["--sentences", "2", "--tokens", "6", "--steps", "2", "--warmup", "1", "--wall-rounds", "2"]
-    argv += ["--config", f"t:--arch transformer {flags}", "--config", f"c:--arch transformer_collab {flags}"]
-    result = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.load(open(out))["rows"]
-    assert [r["config"] for r in rows] == ["t", "c"]
-    for row in rows:
-        assert len(row["wall_ms_rounds"]) == 2 and row["wall_ms_per_step"] == statistics.median(row["wall_ms_rounds"])
-        assert row["ms_per_step"] > 0 and row["host_aten_ms_per_step"] > 0
-    assert "| c |" in result.stdout and "wall: median over 2 rounds" in result.stdout
