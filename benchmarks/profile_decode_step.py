@@ -27,6 +27,7 @@ from profile_training_step import (
     GROUPS,
     batches,
     build,
+    in_turns,
     op_differences,
     profiled_steps,
     step_parser,
@@ -96,11 +97,15 @@ def measure_length(prepared, length, args, device):
             decoding.step()
         decoding.snapshot()
         decodings.append(decoding)
-    walls = [[] for _ in decodings]
-    for _ in range(args.wall_rounds):
-        for times, decoding in zip(walls, decodings):
+
+    def timer(decoding):
+        def wall():
             decoding.restore()
-            times.append(wall_ms_per_step(decoding.step, range(args.steps), device))
+            return wall_ms_per_step(decoding.step, range(args.steps), device)
+
+        return wall
+
+    walls = in_turns([timer(decoding) for decoding in decodings], args.wall_rounds)
     for (row, *_), decoding, wall in zip(prepared, decodings, walls):
         decoding.restore()
         row["lengths"].append(

@@ -191,16 +191,28 @@ def prepare_config(name, flags, data_dir, args, device):
     return name, flags, model, step, samples[args.warmup :]
 
 
-def interleaved_wall_ms(prepared, rounds, device) -> List[List[float]]:
-    """Wall ms per step of every prepared configuration in each of ``rounds`` rounds, the configurations taking
-    turns within a round: drift (clocks, other processes, the allocator, Python's garbage) falls on all of them
-    alike instead of on whichever ran last, as one pass per configuration would let it."""
-    walls = [[] for _ in prepared]
+def in_turns(timers, rounds) -> List[List[float]]:
+    """[each timer's result in each of ``rounds`` rounds], the timers taking turns within a round: drift (clocks,
+    other processes, the allocator, Python's garbage) falls on all of them alike instead of on whichever ran last,
+    as one pass per configuration would let it. Both step profilers time their configurations this way."""
+    results = [[] for _ in timers]
     for _ in range(rounds):
-        for times, (_, _, _, step, samples) in zip(walls, prepared):
+        for times, timer in zip(results, timers):
+            times.append(timer())
+    return results
+
+
+def interleaved_wall_ms(prepared, rounds, device) -> List[List[float]]:
+    """Wall ms per step of every prepared configuration (:func:`prepare_config`) in each of ``rounds`` rounds."""
+
+    def timer(step, samples):
+        def wall():
             gc.collect()
-            times.append(wall_ms_per_step(step, samples, device))
-    return walls
+            return wall_ms_per_step(step, samples, device)
+
+        return wall
+
+    return in_turns([timer(step, samples) for _, _, _, step, samples in prepared], rounds)
 
 
 def wall_ratios(row, baseline) -> List[float]:

@@ -228,12 +228,8 @@ def compiled_attention(
     bias and mask additions, the float32 softmax with its two casts, dropout, the probabilities' transpose) into a
     few generated kernels, forward and backward, and the whole chain is one call: fewer launches and less host
     work per layer, where a training step at MT lengths waits for the host. One graph per kind of call (masks
-    present or not, dropout on or off), shapes dynamic. A decoding step (T = 1) runs ``mixgemm`` as it is.
+    present or not, dropout on or off), shapes dynamic. Decoding steps run ``mixgemm`` (:func:`resolve_kernel`).
     """
-    if shared.size(1) == 1:
-        return mixing_gemm_attention(
-            shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
-        )
     return _compiled_mixgemm()(
         shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
     )
@@ -276,11 +272,7 @@ def flex_attention_kernel(
 ) -> Optional[Tensor]:
     """The ``flex`` kernel (modules/flex_collab_attention.py, torch's FlexAttention; arguments as for ``mixgemm``),
     or None where it cannot run: attention dropout, widths over 256, a backward on the CPU, an attention mask other
-    than the future mask. A decoding step (T = 1) runs ``mixgemm``."""
-    if shared.size(1) == 1:
-        return mixing_gemm_attention(
-            shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
-        )
+    than the future mask. Decoding steps run ``mixgemm`` (:func:`resolve_kernel`)."""
     try:
         from collab_fairseq.modules import flex_collab_attention as flex
     except ImportError:
@@ -311,11 +303,18 @@ LONG_SEQUENCE = 512
 VERY_LONG_SEQUENCE = 2048
 
 
+# kernels whose decoding steps (one query per sentence) run mixgemm: a compiled graph or a FlexAttention call per
+# step would cost more than mixgemm's one product
+DECODING_ON_MIXGEMM = ("compiled", "flex")
+
+
 def resolve_kernel(kernel: str, on_cuda: bool, tgt_len: int, src_len: int) -> str:
-    """The kernel that runs: ``kernel`` itself, or for ``auto``: ``bmm`` on the CPU (the reference, and the kernel
-    CPU results were measured with); on CUDA ``mixgemm`` below LONG_SEQUENCE keys and for every decoding step (a
-    long-sequence kernel would read or copy the whole key cache per head), ``fused`` up to VERY_LONG_SEQUENCE keys,
-    ``folded`` from there on."""
+    """The kernel that runs: ``kernel`` itself (``mixgemm`` for the decoding steps of DECODING_ON_MIXGEMM), or for
+    ``auto``: ``bmm`` on the CPU (the reference, and the kernel CPU results were measured with); on CUDA
+    ``mixgemm`` below LONG_SEQUENCE keys and for every decoding step (a long-sequence kernel would read or copy the
+    whole key cache per head), ``fused`` up to VERY_LONG_SEQUENCE keys, ``folded`` from there on."""
+    if kernel in DECODING_ON_MIXGEMM and tgt_len == 1:
+        return "mixgemm"
     if kernel != "auto":
         return kernel
     if not on_cuda:
