@@ -3,8 +3,7 @@
 Rows (E=512, H=8, training mode, key padding, autocast): fairseq MultiheadAttention (the baseline),
 a naive collaborative layer written like the authors' code (per-head keys materialised, explicit
 softmax), and ours with each kernel (sdpa: torch's fused attention; bmm: one GEMM of all heads'
-queries against the shared keys; folded; flash: folded with padded values; fused: the Triton kernel; mixgemm;
-flex: FlexAttention),
+queries against the shared keys; folded; flash: folded with padded values; fused: the Triton kernel; mixgemm),
 at D_k in {512, 256, 128, 64} and several (sentences x tokens): time, peak memory of forward + backward, and the
 FLOP ratio in closed form (every collaborative head scores over all D_k dimensions: H x D_k multiply-adds per
 query-key pair, against the standard layer's H x d_k = E), the ceiling of the speed ratio at long sequences.
@@ -164,7 +163,7 @@ def main():
                 {"shape": shape, "layer": "naive collaborative", "key_dim": key_dim, "ms": ms, "ratio": base_ms / ms,
                  "peak_bytes": peak, "memory_ratio": peak / base_bytes, "flop_ratio": flop_ratio}
             )  # fmt: skip
-            for impl in ("sdpa", "bmm", "folded", "flash", "fused", "mixgemm", "flex"):
+            for impl in ("sdpa", "bmm", "folded", "flash", "fused", "mixgemm"):
                 try:
                     err, ok = agree(layer, impl, x, padding, dtype, tol)
                 except Exception as exc:  # an experimental kernel that fails here must not cost the other rows

@@ -3,14 +3,13 @@
 With kernel="sdpa" (bias and padding as a mask), "folded" (folded into extra key dimensions, no mask) or "flash"
 (folded, queries, keys and values padded to one width) the layer takes F.scaled_dot_product_attention when no
 weights are asked for, with kernel="fused" its own Triton kernel (collaborative mode, D_k <= 128; elsewhere it
-falls back to bmm), with kernel="mixgemm" the token-major GEMMs (collaborative mode; elsewhere bmm), with
-kernel="compiled" those through torch.compile, with kernel="flex" torch's FlexAttention (no dropout: the check
-runs none), and an explicit softmax(QK^T) path otherwise. This script runs
+falls back to bmm), with kernel="mixgemm" the token-major GEMMs (collaborative mode; elsewhere bmm), and an
+explicit softmax(QK^T) path otherwise. This script runs
 both on the same random inputs (padding, causal mask, cross-attention) in half precision and compares outputs and
 every parameter's gradient by relative L2 error; it exits non-zero if any exceeds --tolerance (default by
 precision: float16 5e-3, bfloat16 2e-2 (8 mantissa bits), float32 1e-4).
 
-    python benchmarks/check_fused_path.py [--device cuda] [--dtype float16] [--tolerance T] [--kernels mixgemm,compiled]
+    python benchmarks/check_fused_path.py [--device cuda] [--dtype float16] [--tolerance T] [--kernels mixgemm,fused]
 """
 
 import argparse
@@ -67,7 +66,7 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--tolerance", type=float, help="default: 5e-3 float16, 2e-2 bfloat16, 1e-4 float32")
-    parser.add_argument("--kernels", default="sdpa,folded,flash,fused,mixgemm,compiled,flex", help="comma-separated")
+    parser.add_argument("--kernels", default="sdpa,folded,flash,fused,mixgemm", help="comma-separated")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     tolerance = args.tolerance or {"float16": 5e-3, "bfloat16": 2e-2, "float32": 1e-4}[args.dtype]

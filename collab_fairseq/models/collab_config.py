@@ -74,15 +74,13 @@ class CollabAttentionConfig(FairseqDataclass):
         default="auto",
         metadata={
             "help": "how collaborative heads compute attention when no weights are returned: auto (bmm on the "
-            "CPU; on CUDA mixgemm, fused from 512 keys, folded from 2048), bmm (one GEMM of all heads' queries "
+            "CPU; on CUDA mixgemm, fused from 512 keys), bmm (one GEMM of all heads' queries "
             "against the shared keys, then softmax), sdpa (torch's fused attention, the content bias and padding as "
             "a mask), folded (fused attention with no mask: content bias and padding folded into extra key dims), "
             "flash (folded with queries, keys and values padded to one width, so that torch's flash attention runs), "
             "fused (one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA "
             "only, elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
-            "token-major scores), compiled (mixgemm through torch.compile: its elementwise chain fused, fewer "
-            "launches; the first batches compile), flex (torch's FlexAttention, the content bias in a score_mod; no "
-            "attention dropout, CUDA for training); the same function, results/performance.md times them"
+            "token-major scores); the same function, results/performance.md times them"
         },
     )
 

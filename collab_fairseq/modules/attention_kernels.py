@@ -14,15 +14,13 @@ Every kernel computes, for each head h, softmax(q_h . k + content_bias_h + masks
 
 and returns B x H x T x d_v. They differ in how: ``bmm`` writes the scores and probabilities (one GEMM of
 all heads' queries against the shared keys), ``sdpa``, ``folded`` and ``flash`` call torch's fused attention.
-Four more take the shared queries and the mixing matrix instead of per-head queries, so the layer calls them
-itself: ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major), ``compiled``
-(``mixgemm`` through torch.compile), ``fused`` (modules/fused_collab_attention.py, Triton) and ``flex``
-(modules/flex_collab_attention.py, torch's FlexAttention). ``auto`` (the
-default) picks one by device and length (:func:`resolve_kernel`); for concatenated heads, and where ``fused``
-cannot run, the layer takes :func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
+Two more take the shared queries and the mixing matrix instead of per-head queries, so the layer calls them
+itself: ``mixgemm`` (below: ``bmm``'s arithmetic with the mixing as a GEMM, token-major) and ``fused``
+(modules/fused_collab_attention.py, Triton). ``auto`` (the default) picks one by device and length
+(:func:`resolve_kernel`); for concatenated heads, and where ``fused`` cannot run, the layer takes
+:func:`fallback_kernel` (``bmm``, or ``folded`` under ``auto``).
 """
 
-import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -204,37 +202,6 @@ def token_major_attention(queries, keys, values, content_bias, key_padding_mask,
     return torch.matmul(probs.transpose(1, 2), values)
 
 
-def _compilable_mixgemm(shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, scale):
-    """``mixgemm`` for torch.compile: the stacked diag(m_h) from diag_embed (a generated kernel there) instead of the
-    cached identity, whose global cache the compiler would have to guard on."""
-    bsz, tgt_len, dim = shared.shape
-    weight = torch.diag_embed(mixing * scale).view(-1, dim)  # H x D x D -> H*D x D
-    queries = F.linear(shared, weight).view(bsz, tgt_len * mixing.size(0), dim)
-    return token_major_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_mixgemm():
-    # dynamic shapes: batch, target and source lengths change with every batch, and must not recompile
-    return torch.compile(_compilable_mixgemm, dynamic=True)
-
-
-def compiled_attention(
-    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
-) -> Tensor:
-    """The ``compiled`` kernel: ``mixgemm``'s arithmetic through torch.compile (arguments as for ``mixgemm``).
-
-    Inductor fuses what ``mixgemm`` launches one by one around its three GEMMs (the stacked mixing weight, the
-    bias and mask additions, the float32 softmax with its two casts, dropout, the probabilities' transpose) into a
-    few generated kernels, forward and backward, and the whole chain is one call: fewer launches and less host
-    work per layer, where a training step at MT lengths waits for the host. One graph per kind of call (masks
-    present or not, dropout on or off), shapes dynamic. Decoding steps run ``mixgemm`` (:func:`resolve_kernel`).
-    """
-    return _compiled_mixgemm()(
-        shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale
-    )
-
-
 _IDENTITIES: Dict[Tuple, Tensor] = {}
 
 
@@ -267,61 +234,31 @@ def fused_attention(
     )
 
 
-def flex_attention_kernel(
-    shared, mixing, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, mixing_scale=1.0
-) -> Optional[Tensor]:
-    """The ``flex`` kernel (modules/flex_collab_attention.py, torch's FlexAttention; arguments as for ``mixgemm``),
-    or None where it cannot run: attention dropout, widths over 256, a backward on the CPU, an attention mask other
-    than the future mask. Decoding steps run ``mixgemm`` (:func:`resolve_kernel`)."""
-    try:
-        from collab_fairseq.modules import flex_collab_attention as flex
-    except ImportError:
-        return None
-    causal = attn_mask is not None and is_future_mask(attn_mask)
-    if (attn_mask is not None and not causal) or not flex.supported(shared, values, dropout_p):
-        return None
-    queries = shared.unsqueeze(1) * (mixing * mixing_scale)[None, :, None, :]  # B x H x T x D
-    return flex.flex_collab_attention(queries, keys, values, content_bias, key_padding_mask, causal)
-
-
 KERNELS = {"bmm": bmm_attention, "sdpa": sdpa_attention, "folded": folded_attention, "flash": flash_attention}
 # these take the shared queries (B x T x D_k) and the mixing matrix with the factor that scales it (the attention
 # scaling), so the layer calls them itself; a None result means "cannot run these inputs", and the layer takes
 # fallback_kernel(...)
-SHARED_QUERY_KERNELS = {
-    "fused": fused_attention,
-    "mixgemm": mixing_gemm_attention,
-    "compiled": compiled_attention,
-    "flex": flex_attention_kernel,
-}
+SHARED_QUERY_KERNELS = {"fused": fused_attention, "mixgemm": mixing_gemm_attention}
 KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
 
-# ``auto`` on CUDA by number of keys (one layer, forward + backward, on an H100, results/performance.md): at MT
-# lengths ``mixgemm`` trains fastest; at 1024 keys the Triton ``fused`` kernel is as fast as ``folded`` at D_k = 128
-# and faster at 64, with half the memory; at 4096 keys ``folded`` (torch's fused attention) is the fastest
+# ``auto`` on CUDA by number of keys (one layer, forward + backward, bf16, on an H100; results/performance.md,
+# commit 90e9683): at MT lengths ``mixgemm`` trains fastest; from 1024 keys the Triton ``fused`` kernel is the
+# fastest at D_k = 128 and within 15 % of the fastest at 64, with the least memory. (``folded`` led at 4096 keys
+# only while torch could take cuDNN's attention, which the package switches off: see attention_backends.py.)
 LONG_SEQUENCE = 512
-VERY_LONG_SEQUENCE = 2048
-
-
-# kernels whose decoding steps (one query per sentence) run mixgemm: a compiled graph or a FlexAttention call per
-# step would cost more than mixgemm's one product
-DECODING_ON_MIXGEMM = ("compiled", "flex")
 
 
 def resolve_kernel(kernel: str, on_cuda: bool, tgt_len: int, src_len: int) -> str:
-    """The kernel that runs: ``kernel`` itself (``mixgemm`` for the decoding steps of DECODING_ON_MIXGEMM), or for
-    ``auto``: ``bmm`` on the CPU (the reference, and the kernel CPU results were measured with); on CUDA
-    ``mixgemm`` below LONG_SEQUENCE keys and for every decoding step (a long-sequence kernel would read or copy the
-    whole key cache per head), ``fused`` up to VERY_LONG_SEQUENCE keys, ``folded`` from there on."""
-    if kernel in DECODING_ON_MIXGEMM and tgt_len == 1:
-        return "mixgemm"
+    """The kernel that runs: ``kernel`` itself, or for ``auto``: ``bmm`` on the CPU (the reference, and the kernel
+    CPU results were measured with); on CUDA ``mixgemm`` below LONG_SEQUENCE keys and for every decoding step (a
+    long-sequence kernel would read or copy the whole key cache per head), ``fused`` from there on."""
     if kernel != "auto":
         return kernel
     if not on_cuda:
         return "bmm"
     if tgt_len == 1 or src_len < LONG_SEQUENCE:
         return "mixgemm"
-    return "fused" if src_len < VERY_LONG_SEQUENCE else "folded"
+    return "fused"
 
 
 def fallback_kernel(kernel: str, resolved: str) -> str:
