@@ -556,10 +556,13 @@ class CollaborativeMultiheadAttention(nn.Module):
             if static_kv or k is None:
                 k, v, content_bias = prev_k, prev_v, prev_content_bias
             else:
-                k = torch.cat([prev_k, k], dim=1)
-                v = torch.cat([prev_v, v], dim=2)
+                # the step's pieces are strided views of one projection; made dense first (one token each), because
+                # torch's vectorized concatenation on CUDA takes only dense inputs, and the fallback kernel over the
+                # whole cache cost 2.8 ms per step against the transformer's 1.1 at 200 tokens (H100, 90e9683)
+                k = torch.cat([prev_k, k.contiguous()], dim=1)
+                v = torch.cat([prev_v, v.contiguous()], dim=2)
                 if content_bias is not None:
-                    content_bias = torch.cat([prev_content_bias, content_bias], dim=2)
+                    content_bias = torch.cat([prev_content_bias, content_bias.contiguous()], dim=2)
         key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
             key_padding_mask=key_padding_mask,
             prev_key_padding_mask=saved_state.get("prev_key_padding_mask"),
