@@ -243,8 +243,9 @@ KERNEL_NAMES = ["auto", *KERNELS, *SHARED_QUERY_KERNELS]
 
 # ``auto`` on CUDA by number of keys (one layer, forward + backward, bf16, on an H100; results/performance.md,
 # commit 90e9683): at MT lengths ``mixgemm`` trains fastest; from 1024 keys the Triton ``fused`` kernel is the
-# fastest at D_k = 128 and within 15 % of the fastest at 64, with the least memory. (``folded`` led at 4096 keys
-# only while torch could take cuDNN's attention, which the package switches off: see attention_backends.py.)
+# fastest at D_k = 128, and at 64 ties ``flash`` within fairseq's memory at 1024 keys and trails it by 14 % at 4096,
+# with the least memory of all. (``folded`` led at 4096 keys only while torch could take cuDNN's attention, which
+# the package switches off: see attention_backends.py.)
 LONG_SEQUENCE = 512
 
 
