@@ -20,20 +20,19 @@ On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measur
 import json
 import statistics
 import sys
-import tempfile
 
 import torch
 from profile_training_step import (
     GROUPS,
     batches,
     build,
+    for_each_config,
     in_turns,
     op_differences,
     profiled_steps,
     step_parser,
     wall_ms_per_step,
     wall_ratios,
-    write_dict,
 )
 
 
@@ -125,9 +124,7 @@ def main():
     args = p.parse_args()
     args.length = args.length or [30, 200]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as data_dir:
-        write_dict(data_dir, args.vocab)
-        prepared = [prepare_config(*spec.partition(":")[::2], data_dir, args, device) for spec in args.config]
+    prepared = for_each_config(args, lambda name, flags, data_dir: prepare_config(name, flags, data_dir, args, device))
     for length in args.length:
         measure_length(prepared, length, args, device)
     rows = [row for row, *_ in prepared]

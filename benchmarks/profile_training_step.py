@@ -250,16 +250,17 @@ def step_parser(description, sentences, top):
     return p
 
 
-def for_each_config(args, measure, summary):
+def for_each_config(args, measure, summary=None):
     """[measure(name, flags, data_dir)] over --config, in a temporary data dir of a --vocab dictionary;
-    summary(row) is printed to stderr after each."""
+    summary(row), if given, is printed to stderr after each."""
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         write_dict(data_dir, args.vocab)
         for spec in args.config:
             name, _, flags = spec.partition(":")
             rows.append(measure(name, flags, data_dir))
-            print(f"{name}: {summary(rows[-1])}", file=sys.stderr, flush=True)
+            if summary:
+                print(f"{name}: {summary(rows[-1])}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -272,9 +273,7 @@ def main():
     )
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as data_dir:
-        write_dict(data_dir, args.vocab)
-        prepared = [prepare_config(*spec.partition(":")[::2], data_dir, args, device) for spec in args.config]
+    prepared = for_each_config(args, lambda name, flags, data_dir: prepare_config(name, flags, data_dir, args, device))
     walls = interleaved_wall_ms(prepared, args.wall_rounds, device)
     rows = []
     for (name, flags, model, step, samples), wall in zip(prepared, walls):
