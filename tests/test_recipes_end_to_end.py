@@ -167,6 +167,22 @@ def test_failed_training_names_the_log_and_how_to_resume(copy_data, tmp_path):
     assert "re-running the same command resumes from scratch (no checkpoint was saved yet)" in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_sweep_shows_the_end_of_a_failed_runs_log(copy_data, tmp_path):
+    """A sweep sends each run's output to its train.log only, so a failed run's last lines come to stderr."""
+    raw, bin_dir = copy_data
+    env = _tiny_recipe_env(raw, bin_dir, 2, "--no-such-flag", RUNS_DIR=str(tmp_path), TABLE="", PLOT="")
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "transformer:32:1"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert f"[sweep] transformer_dk32_s1: training failed (see {tmp_path}/transformer_dk32_s1/train.log)" in proc.stderr
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr  # train.sh's own output goes to the log only
+
+
 def _dry_run(script, *args, check=True, **env):
     proc = subprocess.run(
         ["bash", str(REPO / script), *args], env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True

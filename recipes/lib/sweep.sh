@@ -35,7 +35,9 @@ run_one() {  # INDEX HEADS:KEY_DIM:SEED
   local kd=""; [[ "$heads" == transformer ]] || kd="$key_dim"
   local warm=""; [[ "$heads" == collab ]] && warm="${WARM_START:-}"  # the warm start is for collaborative rows only
   if ! WARM_START="$warm" HEADS="$heads" KEY_DIM="$kd" SEED="$seed" SAVE_DIR="$dir" "$RECIPE_DIR/train.sh" >/dev/null; then
-    echo "[sweep] $name: training failed (see $dir/train.log); re-run the sweep to resume it" >&2; return 1
+    echo "[sweep] $name: training failed (see $dir/train.log); re-run the sweep to resume it; its last lines:" >&2
+    tail -n 15 "$dir/train.log" 2>/dev/null | sed 's/^/    /' >&2
+    return 1
   fi
   META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$tag\", \"warm_start\": ${warm:-null}}" \
     SAVE_DIR="$dir" "$RECIPE_DIR/evaluate.sh" >/dev/null || { echo "[sweep] $name: evaluation failed" >&2; return 1; }
