@@ -17,6 +17,7 @@ On a machine without CUDA it profiles the CPU in fp32 (a smoke run, not a measur
         --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128"
 """
 
+import copy
 import json
 import statistics
 import sys
@@ -74,16 +75,10 @@ class Decoding:
             self.tokens = torch.cat([self.tokens, new], 1)
 
     def snapshot(self):
-        self.kept = (_clone(self.state), self.tokens.clone())
+        self.kept = copy.deepcopy((self.state, self.tokens))
 
     def restore(self):
-        self.state, self.tokens = _clone(self.kept[0]), self.kept[1].clone()
-
-
-def _clone(obj):
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    return obj.clone() if torch.is_tensor(obj) else obj
+        self.state, self.tokens = copy.deepcopy(self.kept)
 
 
 def measure_length(prepared, length, args, device):

@@ -154,7 +154,9 @@ def folded_attention(
 
 def flash_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
     """The ``flash`` kernel: ``folded`` with queries, keys and values of one width (torch's flash attention)."""
-    return folded_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, True)
+    return folded_attention(
+        queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p, pad_values=True
+    )
 
 
 def mixing_gemm_attention(
@@ -185,14 +187,7 @@ def mixing_gemm_attention(
         identity = _identity(dim, mixing.dtype, mixing.device, mixing_scale)
         weight = (mixing.unsqueeze(1) * identity).view(heads * dim, dim)
         queries = F.linear(shared, weight).view(bsz, tgt_len * heads, dim)
-    return token_major_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p)
-
-
-def token_major_attention(queries, keys, values, content_bias, key_padding_mask, attn_mask, dropout_p) -> Tensor:
-    """``mixgemm`` from its per-head queries on: queries B x (T*H) x D (token-major), keys B x S x D, the rest as
-    for the other kernels; returns B x H x T x d_v."""
-    bsz, src_len, heads = keys.size(0), keys.size(1), values.size(1)
-    scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, -1, heads, src_len)
+    scores = torch.bmm(queries, keys.transpose(1, 2)).view(bsz, tgt_len, heads, keys.size(1))
     bias = score_bias(content_bias, key_padding_mask, attn_mask, scores.dtype)
     if bias is not None:
         scores = scores + bias.transpose(1, 2)  # B|1 x H|1 x T|1 x S -> the scores' B x T x H x S
