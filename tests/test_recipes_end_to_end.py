@@ -215,6 +215,31 @@ def test_the_effective_batch_is_kept_on_any_gpu_count(gpus, max_tokens, target):
         assert f"{gpus} GPU(s) x {tokens} tokens x update-freq {freq} = {gpus * freq * tokens}" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "memory_gib,gpus,auto,tokens,freq",
+    [("80", 1, 16384, 16384, 2), ("80", 2, 16384, 16384, 1), ("80", 4, 16384, 8192, 1), ("38", 1, 16384, 16384, 2),
+     ("37", 1, 4096, 4096, 8), ("24", 4, 4096, 4096, 2), (None, 1, 4096, 4096, 8)],
+)  # fmt: skip
+def test_wmt14_takes_large_steps_on_large_gpus(memory_gib, gpus, auto, tokens, freq):
+    """MAX_TOKENS=auto (the WMT14 default): 16,384 tokens per GPU-step from 38 GiB a GPU, else 4,096; the update
+    stays 32,768 tokens. Without GPU_MEMORY_GIB the visible GPUs are asked (none in CI: 4,096)."""
+    env = {"GPU_MEMORY_GIB": memory_gib} if memory_gib else {}
+    proc = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU=str(gpus), **env)
+    assert (int(_flag(proc.stdout, "--max-tokens")), int(_flag(proc.stdout, "--update-freq"))) == (tokens, freq)
+    assert f"MAX_TOKENS=auto: {auto} tokens per GPU-step" in proc.stderr
+    explicit = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU=str(gpus), MAX_TOKENS="4096", **env)
+    assert _flag(explicit.stdout, "--max-tokens") == "4096" and "auto" not in explicit.stderr
+
+
+@pytest.mark.parametrize("name,value", [("MAX_TOKENS", "4k"), ("MAX_TOKENS", "0"), ("GPU_MEMORY_GIB", "80GB")])
+def test_a_bad_batch_setting_fails_before_anything_runs(name, value, tmp_path):
+    proc = _dry_run(
+        "recipes/wmt14_en_de/train.sh", check=False, NGPU="1", SAVE_DIR=str(tmp_path / "run"), **{name: value}
+    )
+    assert proc.returncode == 2 and f"error: {name} must be" in proc.stderr and f"(got '{value}')" in proc.stderr
+    assert not proc.stdout and not (tmp_path / "run").exists()
+
+
 def test_the_warm_start_plan_is_transformer_then_conversion_then_collaborative_continuation(tmp_path):
     proc = _dry_run(
         "recipes/multi30k_en_de/train.sh",

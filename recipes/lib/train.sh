@@ -12,7 +12,9 @@
 #   PATIENCE       train to convergence: stop once N validations in a row did not improve the validation loss
 #                  (fairseq's --patience; MAX_UPDATE stays the cap)
 #   TOKENS_PER_UPDATE  effective batch in tokens, kept whatever the GPU count (tokens x GPUs x update-freq)
-#   MAX_TOKENS     tokens per GPU per step                 FP16       1 (default) | 0
+#   MAX_TOKENS     tokens per GPU per step, or auto: 16384 where every visible GPU has >= 38 GiB (A100 40GB and
+#                  up), else 4096 (GPU_MEMORY_GIB replaces the query, e.g. to plan another machine with DRY_RUN)
+#   FP16           1 (default) | 0
 #   NGPU           GPUs per node (default: every visible one)
 #   EXTRA          more fairseq-train flags
 #   WARM_START     U (collab only): the paper's re-parametrization route within the same budget: train fairseq's
@@ -42,6 +44,19 @@ DRY_RUN="${DRY_RUN:-0}"
 # the effective batch, whatever the world size: GPUs x update-freq x tokens per GPU >= TOKENS_PER_UPDATE
 NGPU="${NGPU:-$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")}"
 WORLD=$((NGPU * ${SLURM_NNODES:-${NNODES:-1}}))
+if [[ "$MAX_TOKENS" == auto ]]; then
+  # a GPU-step's time hardly grows with its tokens (the host sets the pace), so GPUs with room take large steps
+  # (results/multi_gpu.md: the same 32,768-token updates at 16,384 and at 4,096 tokens per step)
+  GPU_MEMORY_GIB="${GPU_MEMORY_GIB:-$(python3 -c "import torch; print(min((torch.cuda.get_device_properties(i).total_memory >> 30
+    for i in range(torch.cuda.device_count())), default=0))")}"
+  [[ "$GPU_MEMORY_GIB" =~ ^[0-9]+$ ]] ||
+    { echo "error: GPU_MEMORY_GIB must be a whole number of GiB (got '$GPU_MEMORY_GIB')" >&2; exit 2; }
+  (( GPU_MEMORY_GIB >= 38 )) && MAX_TOKENS=16384 || MAX_TOKENS=4096
+  (( GPU_MEMORY_GIB > 0 )) && smallest="smallest visible GPU: $GPU_MEMORY_GIB GiB" || smallest="no GPU visible"
+  echo "[train] MAX_TOKENS=auto: $MAX_TOKENS tokens per GPU-step ($smallest)" >&2
+fi
+[[ "$MAX_TOKENS" =~ ^[1-9][0-9]*$ ]] ||
+  { echo "error: MAX_TOKENS must be a number of tokens per GPU-step or auto (got '$MAX_TOKENS')" >&2; exit 2; }
 UPDATE_FREQ=$(( (TOKENS_PER_UPDATE + MAX_TOKENS * WORLD - 1) / (MAX_TOKENS * WORLD) ))
 # shrink the per-GPU batch so that GPUs x update-freq x MAX_TOKENS is the target, not up to WORLD times more
 MAX_TOKENS=$(( (TOKENS_PER_UPDATE + WORLD * UPDATE_FREQ - 1) / (WORLD * UPDATE_FREQ) ))
