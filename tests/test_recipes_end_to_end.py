@@ -222,8 +222,8 @@ def test_the_effective_batch_is_kept_on_any_gpu_count(gpus, max_tokens, target):
 )  # fmt: skip
 def test_wmt14_takes_large_steps_on_large_gpus(memory_gib, gpus, auto, tokens, freq):
     """MAX_TOKENS=auto (the WMT14 default): 16,384 tokens per GPU-step from 38 GiB a GPU, else 4,096; the update
-    stays 32,768 tokens. Without GPU_MEMORY_GIB the visible GPUs are asked (none in CI: 4,096)."""
-    env = {"GPU_MEMORY_GIB": memory_gib} if memory_gib else {}
+    stays 32,768 tokens. Without GPU_MEMORY_GIB the visible GPUs are asked (here none: 4,096)."""
+    env = {"GPU_MEMORY_GIB": memory_gib} if memory_gib else {"CUDA_VISIBLE_DEVICES": ""}
     proc = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU=str(gpus), **env)
     assert (int(_flag(proc.stdout, "--max-tokens")), int(_flag(proc.stdout, "--update-freq"))) == (tokens, freq)
     assert f"MAX_TOKENS=auto: {auto} tokens per GPU-step" in proc.stderr
