@@ -1,5 +1,5 @@
 """The kernel issue's bookkeeping tools: the loss-scale reader, words/s over interleaved repeats, the summary, the
-layer benchmark's agreement check."""
+layer benchmark's agreement check, the beam-search benchmark's timed second pass."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import attention_layer  # noqa: E402
+import beam_search  # noqa: E402
 import fp16_loss_scale  # noqa: E402
 import performance_summary  # noqa: E402
 import train_throughput  # noqa: E402
@@ -124,3 +125,18 @@ def test_layer_check_keeps_fp16_gradients_of_a_long_layer_above_underflow():
         layer.content_bias.weight.normal_(0, 0.02)
     err, ok = attention_layer.agree(layer.train(), "bmm", x, padding, torch.float16, tol=1e-2)
     assert ok and err < 5e-3
+
+
+def test_beam_search_times_a_second_pass_of_the_same_process(copy_data, collab_run, monkeypatch):
+    """fairseq-generate runs twice in one process: the warm rate is the second "Translated" line, the cold the
+    first, each of the whole test set."""
+    _, bin_dir = copy_data
+    outputs = []
+    run = beam_search.run
+    monkeypatch.setattr(beam_search, "run", lambda cmd: outputs.append(run(cmd)) or outputs[-1])
+    speeds = beam_search.translate(str(bin_dir), str(collab_run / "checkpoint_last.pt"), 7, 64, 4, "test", ["--cpu"])
+    lines = beam_search.SPEED.findall(outputs[0])
+    assert len(lines) == 2 and lines[0][:2] == lines[1][:2]  # the same sentences and tokens, translated twice
+    for (sentences, tokens, seconds), key in zip(lines, ("cold", "warm")):
+        expected = (int(sentences) / float(seconds), int(tokens) / float(seconds))
+        assert speeds[key] == expected and int(tokens) == int(sentences) * 8  # forced: 7 tokens + end of sentence
