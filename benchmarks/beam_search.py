@@ -7,9 +7,9 @@ same whatever the models learnt; the long case uses a longer forced length. Repo
 generated tokens/s (median of --repeats runs), as ratios to the first configuration.
 
 Each run translates the test set twice in one process and times the second pass (fairseq's own timer):
-the first pays one-time costs of the process (CUDA kernels loaded at their first call, library handles),
-which differ between the models (fairseq's encoder calls torch's fused attention, ours does not) and,
-on 1,000 sentences, weighed as much as the decoding itself. The first pass's rate is kept as ``cold``.
+the first pays one-time costs of the process (e.g. CUDA kernels loaded at their first call, library handles),
+which can differ between the models; in single-pass runs a cost that did not grow with the output length
+carried most of the 30-token ratio (results/performance.md). The first pass's rate is kept as ``cold``.
 
     python benchmarks/beam_search.py DATA_BIN --out results/performance_beam.json \\
         --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
