@@ -129,13 +129,15 @@ def test_layer_check_keeps_fp16_gradients_of_a_long_layer_above_underflow():
 
 def test_beam_search_times_a_second_pass_of_the_same_process(copy_data, collab_run, monkeypatch):
     """fairseq-generate runs twice in one process: the warm rate is the second "Translated" line, the cold the
-    first, each of the whole test set."""
+    first, each of the whole test set; no data-loader worker of the first pass is alive when the second starts
+    (its shutdown stalled the timed pass ~5 s)."""
     _, bin_dir = copy_data
     outputs = []
     run = beam_search.run
     monkeypatch.setattr(beam_search, "run", lambda cmd: outputs.append(run(cmd)) or outputs[-1])
     speeds = beam_search.translate(str(bin_dir), str(collab_run / "checkpoint_last.pt"), 7, 64, 4, "test", ["--cpu"])
     lines = beam_search.SPEED.findall(outputs[0])
+    assert beam_search.WORKERS_LEFT.findall(outputs[0]) == ["0"]
     assert len(lines) == 2 and lines[0][:2] == lines[1][:2]  # the same sentences and tokens, translated twice
     for (sentences, tokens, seconds), key in zip(lines, ("cold", "warm")):
         expected = (int(sentences) / float(seconds), int(tokens) / float(seconds))
