@@ -9,9 +9,9 @@ generated tokens/s (median of --repeats runs), as ratios to the first configurat
 Each run translates the test set twice in one process and times the second pass (fairseq's own timer):
 the first pays one-time costs of the process (e.g. CUDA kernels loaded at their first call, library handles),
 which can differ between the models; in single-pass runs a cost that did not grow with the output length
-carried most of the 30-token ratio (results/performance.md). The first pass's rate is kept as ``cold``. The first
-pass's data-loader worker is shut down before the second starts (see GENERATE_TWICE): left to the garbage
-collector, its shutdown fell inside the timed pass in some runs and halved its rate.
+carried most of the 30-token ratio (results/performance.md). The first pass's rate is kept as ``cold``. The second
+pass starts once the first pass's data-loader worker has exited (see GENERATE_TWICE): its shutdown fell inside the
+timed pass in some runs and halved its rate.
 
     python benchmarks/beam_search.py DATA_BIN --out results/performance_beam.json \\
         --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
@@ -36,11 +36,12 @@ TRAIN = (
 )
 SPEED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
 # fairseq-generate's main twice in one process (its arguments follow the code, as sys.argv[1:]). The first pass's
-# data-loader worker is shut down when the garbage collector reaches its iterator; inside the timed pass that
-# shutdown waited ~5 s (torch joins a worker with a 5 s timeout), so it is collected before the second pass starts,
-# and the number of worker processes still alive then is printed (WORKERS_LEFT)
+# data-loader worker outlives it for a while; where its shutdown fell inside the timed pass it stalled it ~5 s
+# (torch joins a worker with a 5 s timeout), so the second pass starts only once no worker is left (waited for up
+# to 30 s), and the number still alive then is printed (WORKERS_LEFT)
 GENERATE_TWICE = (
-    "import gc, multiprocessing; from fairseq_cli.generate import cli_main; cli_main(); gc.collect(); "
+    "import gc, multiprocessing, time; from fairseq_cli.generate import cli_main; cli_main(); gc.collect(); "
+    "end = time.time() + 30\nwhile multiprocessing.active_children() and time.time() < end: time.sleep(0.1)\n"
     "print('workers left before the timed pass:', len(multiprocessing.active_children()), flush=True); cli_main()"
 )
 WORKERS_LEFT = re.compile(r"workers left before the timed pass: (\d+)")
