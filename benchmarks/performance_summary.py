@@ -3,7 +3,7 @@
     python benchmarks/performance_summary.py --gpu "NVIDIA H100 80GB HBM3" --commit COMMIT \\
         --train train.json --beam beam.json --layer layer_bfloat16.json \\
         --loss-scale loss_scale.json --out results/performance/summary.json \\
-        [--source-commit layer=OLDER_COMMIT ...] [--stale layer_speed_ratio="why" ...]
+        [--source-commit layer=OLDER_COMMIT ...] [--stale layer_speed_ratio="why" ...] [--note KEY="..." ...]
 
 train: train_throughput.py (rows transformer_wmt_en_de, collab_dk512/128/64); the warm-start recipe's ratio is
 its time-weighted mean, 1 / (f + (1 - f) / r) for a transformer phase of fraction f of the updates (1/3 in the
@@ -11,7 +11,8 @@ Multi30k recipe; the conversion's seconds not counted). beam: beam_search.py. la
 of ``ours (KERNEL)``, for ``auto`` (the default) of the kernel it picks at each length. loss-scale:
 fp16_loss_scale.py, lowest scale over the runs whose name starts with ``transformer`` and ``collab_dk128``.
 ``commits`` names the commit each figure was measured on (--commit unless --source-commit says otherwise), and
-``stale`` the figures whose code has changed since, with the reason.
+``stale`` the figures whose code has changed since, with the reason; ``notes`` what a figure needs said beside it
+(e.g. the same code measured on other machines).
 """
 
 import argparse
@@ -77,7 +78,7 @@ def summary(args) -> dict:
     train, beam, layer, scale = _load(args.train), _load(args.beam), _load(args.layer), _load(args.loss_scale)
     source_commit = {name: args.commit for name in SOURCES}
     source_commit.update(key_values(args.source_commit, "--source-commit", SOURCES))
-    stale = key_values(args.stale, "--stale")
+    stale, notes = key_values(args.stale, "--stale"), key_values(args.note, "--note")
     result, commits = {"gpu": args.gpu, "commit": args.commit}, {}
     if train:
         result["train_wps_ratio"] = train_ratios(train, args.warm_start_fraction)
@@ -97,13 +98,16 @@ def summary(args) -> dict:
     if scale:
         result["loss_scale_min"] = {k: lowest_scale(scale, k) for k in ("transformer", "collab_dk128")}
         commits["loss_scale_min"] = source_commit["loss_scale"]
-    unknown = sorted(set(stale) - set(result))
-    if unknown:
-        raise ValueError(f"--stale names {', '.join(unknown)}, which this summary does not hold")
+    for option, named in (("--stale", stale), ("--note", notes)):
+        unknown = sorted(set(named) - set(result))
+        if unknown:
+            raise ValueError(f"{option} names {', '.join(unknown)}, which this summary does not hold")
     # "commit" is the latest code measured; "commits" says which commit each figure comes from
     result["commits"] = commits
     if stale:
         result["stale"] = stale
+    if notes:
+        result["notes"] = notes
     return result
 
 
@@ -117,6 +121,7 @@ def main(argv=None) -> int:
         help="SOURCE=COMMIT (SOURCE: train, beam, layer or loss_scale): a source measured on older code than --commit",
     )
     parser.add_argument("--stale", action="append", help="KEY=REASON: a figure the code has changed under since")
+    parser.add_argument("--note", action="append", help="KEY=TEXT: what to say beside a figure")
     parser.add_argument("--train")
     parser.add_argument("--warm-start-fraction", type=float, default=1 / 3)
     parser.add_argument("--beam")

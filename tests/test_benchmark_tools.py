@@ -89,7 +89,7 @@ def test_summary_has_the_issue_keys(tmp_path):
     assert result["loss_scale_min"] == {"transformer": 16.0, "collab_dk128": 8.0}
 
 
-def test_summary_names_the_commit_of_each_figure_and_what_went_stale(tmp_path):
+def test_summary_names_the_commit_of_each_figure_what_went_stale_and_notes(tmp_path):
     train = {"rows": [{"name": "collab_dk128", "ratio": 0.96, "memory_ratio": 0.87}]}
     layer = {"dtype": "bfloat16", "rows": [{"layer": "ours (fused)", "shape": "8x1024", "key_dim": 64, "ratio": 1.1,
                                             "flop_ratio": 1.3, "memory_ratio": 0.5}]}  # fmt: skip
@@ -103,9 +103,12 @@ def test_summary_names_the_commit_of_each_figure_and_what_went_stale(tmp_path):
     assert result["commit"] == "new" and result["layer_speed_ratio"] == {"dk64_1024": 1.1}
     assert result["commits"]["train_wps_ratio"] == "new" and result["commits"]["peak_memory_ratio"] == "new"
     assert result["commits"]["layer_speed_ratio"] == "old" and result["commits"]["layer_memory_ratio"] == "old"
-    assert result["stale"] == {"layer_speed_ratio": "baseline changed since"}
+    assert result["stale"] == {"layer_speed_ratio": "baseline changed since"} and "notes" not in result
+    assert performance_summary.main([*argv, "--note", "train_wps_ratio=0.94x on another machine"]) == 0
+    assert json.load(open(out))["notes"] == {"train_wps_ratio": "0.94x on another machine"}
     out.unlink()
     assert performance_summary.main([*argv, "--stale", "beam_sentences_ratio=no beam file given"]) == 2
+    assert performance_summary.main([*argv, "--note", "beam_sentences_ratio=no beam file given"]) == 2
     assert performance_summary.main([*argv, "--source-commit", "trian=x"]) == 2 and not out.exists()
 
 
