@@ -10,7 +10,7 @@ Each run translates the test set twice in one process and times the second pass 
 the first pays one-time costs of the process (e.g. CUDA kernels loaded at their first call, library handles),
 which can differ between the models; in single-pass runs a cost that did not grow with the output length
 carried most of the 30-token ratio (results/performance.md). The first pass's rate is kept as ``cold``. The second
-pass starts once the first pass's data-loader worker has exited (see GENERATE_TWICE): its shutdown fell inside the
+pass starts once the first pass's data-loader worker has exited (see generate_twice): its shutdown fell inside the
 timed pass in some runs and halved its rate.
 
     python benchmarks/beam_search.py DATA_BIN --out results/performance_beam.json \\
@@ -19,7 +19,9 @@ timed pass in some runs and halved its rate.
 """
 
 import argparse
+import gc
 import json
+import multiprocessing
 import os
 import re
 import shlex
@@ -27,24 +29,38 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
-USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+USER_DIR = os.path.join(BENCHMARKS, "..", "collab_fairseq")
 TRAIN = (
     "--share-all-embeddings --optimizer adam --lr 1e-4 --criterion label_smoothed_cross_entropy "
     "--max-tokens 4096 --max-update 1 --disable-validation --no-epoch-checkpoints --no-last-checkpoints "
     "--save-interval-updates 1 --log-format simple --no-progress-bar"
 )
 SPEED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
-# fairseq-generate's main twice in one process (its arguments follow the code, as sys.argv[1:]). The first pass's
-# data-loader worker outlives it for a while; where its shutdown fell inside the timed pass it stalled it ~5 s
-# (torch joins a worker with a 5 s timeout), so the second pass starts only once no worker is left (waited for up
-# to 30 s), and the number still alive then is printed (WORKERS_LEFT)
-GENERATE_TWICE = (
-    "import gc, multiprocessing, time; from fairseq_cli.generate import cli_main; cli_main(); gc.collect(); "
-    "end = time.time() + 30\nwhile multiprocessing.active_children() and time.time() < end: time.sleep(0.1)\n"
-    "print('workers left before the timed pass:', len(multiprocessing.active_children()), flush=True); cli_main()"
-)
 WORKERS_LEFT = re.compile(r"workers left before the timed pass: (\d+)")
+
+
+def generate_twice(worker_wait_s=30.0):
+    """fairseq-generate's main twice in this process (its arguments in sys.argv[1:]), run by translate() through
+    GENERATE_TWICE. The first pass's data-loader worker outlives it for a while; where its shutdown fell inside the
+    timed pass it stalled it ~5 s (torch joins a worker with a 5 s timeout), so the second pass starts only once no
+    worker is left (waited for up to ``worker_wait_s``), and the number still alive then is printed (WORKERS_LEFT)."""
+    from fairseq_cli.generate import cli_main
+
+    cli_main()
+    gc.collect()
+    end = time.time() + worker_wait_s
+    while multiprocessing.active_children() and time.time() < end:
+        time.sleep(0.1)
+    print(f"workers left before the timed pass: {len(multiprocessing.active_children())}", flush=True)
+    cli_main()
+
+
+GENERATE_TWICE = (
+    f"import sys; sys.path.insert(0, {BENCHMARKS!r}); from beam_search import generate_twice; generate_twice()"
+)
 
 
 def run(cmd):
