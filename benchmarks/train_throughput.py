@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from collab_fairseq.cli.evaluate import write_atomic
+from collab_fairseq.files import write_text_atomically
 
 COMMON = (
     "--share-all-embeddings --optimizer adam --adam-betas (0.9,0.98) --lr 7e-4 --lr-scheduler inverse_sqrt "
@@ -88,7 +88,7 @@ def main():
             print(f"repeat {repeat + 1} {name}: {run['wps_median']:.0f} wps", file=sys.stderr, flush=True)
         rows = summarize(configs, {name: own for name, own in runs.items() if own})
         if args.out:  # after every repeat: a run cut short keeps the repeats it finished
-            write_atomic(args.out, json.dumps({"rows": rows, **common, "repeats_done": repeat + 1}, indent=1))
+            write_text_atomically(args.out, json.dumps({"rows": rows, **common, "repeats_done": repeat + 1}, indent=1))
     print(f"{args.repeats} repeat(s); words/s: median over repeats; ratio: median (range) of the per-repeat ratios")
     print("| config | params | target words/s | speed ratio | peak GPU memory GiB | memory ratio |")
     print("|---|---|---|---|---|---|")

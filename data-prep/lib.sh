@@ -7,7 +7,7 @@ die() { echo "error: $*" >&2; exit 1; }
 
 require_python_modules() {
   for m in "$@"; do
-    python3 -c "import $m" 2>/dev/null || die "python module '$m' not found: install this project first (pip install -e .)"
+    python3 -c 'import importlib, sys; importlib.import_module(sys.argv[1])' "$m" 2>/dev/null || die "python module '$m' not found: install this project first (pip install -e .)"
   done
 }
 
@@ -40,16 +40,32 @@ fetch_url() {
   mv -f "$dst.tmp" "$dst"
 }
 
-# binarize TEXT_DIR BIN_DIR SRC TGT TRAIN VALID TEST WORKERS: fairseq-preprocess into BIN_DIR (atomic: BIN_DIR.tmp).
+# start_dir DIR: a new DIR.tmp to build DIR in, marked (.partial) as this script's, so that a later run may remove
+# it. No script deletes what it did not create: a DIR, or a DIR.tmp without the mark, is refused, never removed.
+start_dir() {
+  local dir="$1"
+  [[ ! -e "$dir" ]] || die "$dir exists but was not made by this script: move it away, or choose another --out-dir"
+  if [[ -e "$dir.tmp" ]]; then
+    [[ -f "$dir.tmp/.partial" ]] ||
+      die "$dir.tmp exists but was not left by this script: move it away, or choose another --out-dir"
+    rm -rf "$dir.tmp"
+  fi
+  mkdir -p "$dir.tmp" && touch "$dir.tmp/.partial"
+}
+
+# finish_dir DIR: the complete DIR.tmp becomes DIR.
+finish_dir() { rm -f "$1.tmp/.partial"; mv "$1.tmp" "$1"; }
+
+# binarize TEXT_DIR BIN_DIR SRC TGT TRAIN VALID TEST WORKERS: fairseq-preprocess into BIN_DIR (built in BIN_DIR.tmp).
 binarize() {
   local text="$1" bin="$2" src="$3" tgt="$4" train="$5" valid="$6" test="$7" workers="$8"
   [[ -f "$bin/.done" ]] && return 0
-  rm -rf "$bin.tmp"
+  start_dir "$bin"
   python3 -m fairseq_cli.preprocess --source-lang "$src" --target-lang "$tgt" \
     --trainpref "$text/$train" --validpref "$text/$valid" --testpref "$text/$test" \
     --destdir "$bin.tmp" --joined-dictionary --workers "$workers" >&2 || { rm -rf "$bin.tmp"; die "fairseq-preprocess failed"; }
   touch "$bin.tmp/.done"
-  rm -rf "$bin"; mv "$bin.tmp" "$bin"
+  finish_dir "$bin"
 }
 
 # fetch_wmt14 RAW: download the official WMT14 En-De archives and extract NAME.en / NAME.de into RAW.

@@ -26,15 +26,16 @@ step "raw files"
 SRC_DIR="$RAW/de-en"
 if [[ ! -s "$SRC_DIR/train.tags.de-en.de" ]]; then
   archive=""
+  start_dir "$SRC_DIR"
   if [[ -n "$RAW_DIR" && -f "$RAW_DIR/train.tags.de-en.de" ]]; then
-    mkdir -p "$SRC_DIR.tmp" && cp "$RAW_DIR"/train.tags.de-en.* "$RAW_DIR"/IWSLT14.*.xml "$SRC_DIR.tmp"/ \
+    cp "$RAW_DIR"/train.tags.de-en.* "$RAW_DIR"/IWSLT14.*.xml "$SRC_DIR.tmp"/ \
       || die "--raw-dir $RAW_DIR lacks the IWSLT14 xml files"
   else
     if [[ -n "$RAW_DIR" ]]; then archive="$RAW_DIR/de-en.tgz"; [[ -f "$archive" ]] || die "missing $RAW_DIR/train.tags.de-en.de or $archive"
     else archive="$RAW/de-en.tgz"; fetch_url "$URL" "$archive" ""; fi
-    mkdir -p "$SRC_DIR.tmp" && tar -xzf "$archive" -C "$SRC_DIR.tmp" --strip-components 1 || die "$archive is not a valid archive"
+    tar -xzf "$archive" -C "$SRC_DIR.tmp" --strip-components 1 || die "$archive is not a valid archive"
   fi
-  rm -rf "$SRC_DIR"; mv "$SRC_DIR.tmp" "$SRC_DIR"
+  finish_dir "$SRC_DIR"
 fi
 for f in train.tags.de-en.de train.tags.de-en.en; do [[ -s "$SRC_DIR/$f" ]] || die "missing $SRC_DIR/$f"; done
 

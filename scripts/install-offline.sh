@@ -19,4 +19,4 @@ if ! ls "$WH"/fairseq_fixed-0.12.3.1-"$PY_TAG"-*.whl >/dev/null 2>&1; then
 fi
 python3 -m pip install --quiet --no-index --no-deps --target "$TARGET" \
   $(ls "$WH"/*.whl | grep -v -e '/fairseq_fixed-') "$BUILT"/fairseq_fixed-0.12.3.1-"$PY_TAG"-*.whl
-PYTHONPATH="$TARGET" python3 -c "import fairseq; print('fairseq', fairseq.__version__, 'installed in $TARGET')"
+PYTHONPATH="$TARGET" python3 -c 'import fairseq, sys; print("fairseq", fairseq.__version__, "installed in", sys.argv[1])' "$TARGET"

@@ -143,6 +143,20 @@ def test_resume_continues_from_last_checkpoint(copy_data, tmp_path):
     assert "@ 16 updates" in log and "num_updates 20" in log
 
 
+def test_a_run_resumed_mid_epoch_ends_where_an_uninterrupted_one_does(copy_data, tmp_path):
+    """Kill-and-resume keeps the seed's promise: fairseq seeds each update (dropout) from --seed and the update
+    number, and resumes the data iterator where its checkpoint was saved, mid-epoch included (the quickstart saves
+    every 100 updates). Only the logged loss averages restart at the resume."""
+    _, bin_dir = copy_data
+    args = ["--arch", "transformer_collab", "--collab-key-dim", "16", "--dropout", "0.1", "--attention-dropout", "0.1"]
+    _train(bin_dir, tmp_path / "straight", *args, "--max-update", "9")
+    _train(bin_dir, tmp_path / "resumed", *args, "--max-update", "3")
+    log = _train(bin_dir, tmp_path / "resumed", *args, "--max-update", "9")
+    assert "@ 3 updates" in log
+    straight, resumed = (torch.load(tmp_path / run / "checkpoint_last.pt")["model"] for run in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_interactive_translates_stdin(copy_data, collab_run):
     _, bin_dir = copy_data
     out = fairseq_interactive(

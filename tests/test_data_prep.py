@@ -66,6 +66,9 @@ def test_prepare_wmt14_offline_end_to_end_rerun_and_interruption(wmt_raw, tmp_pa
     (out / "spm" / "train.de.tmp").write_text("half a li")
     shutil.rmtree(out / "bin")
     (out / "bin.tmp").mkdir()
+    proc = _run("prepare-wmt14-en-de.sh", *args)  # a bin.tmp without the script's mark is not the script's
+    assert proc.returncode != 0 and "bin.tmp exists but was not left by this script" in proc.stderr
+    (out / "bin.tmp" / ".partial").touch()  # as an interrupted binarization leaves it
     proc = _run("prepare-wmt14-en-de.sh", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "spm" / "train.de").read_text() == encoded
@@ -141,8 +144,37 @@ def test_prepare_iwslt14_offline_follows_fairseqs_split(tmp_path):
     assert len(test) == 50 and test[0] == lines["en"][0].lower() + " & co"
     assert (out / "bin" / "test.de-en.en.bin").stat().st_size > 0
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert _run("prepare-iwslt14-de-en.sh", "--raw-dir", raw, "--out-dir", out).returncode == 0
+    assert _run("prepare-iwslt14-de-en.sh", "--raw-dir", raw, "--out-dir", out, "--vocab-size", "150").returncode == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+
+
+def test_data_prep_removes_no_directory_it_did_not_make(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _iwslt_raw(raw)
+    out = tmp_path / "iwslt"
+    args = ["--raw-dir", raw, "--out-dir", out, "--vocab-size", "150", "--workers", "1"]
+    for mine in (out / "raw" / "de-en", out / "bin"):  # the two directories the scripts used to replace
+        mine.mkdir(parents=True)
+        (mine / "important.txt").write_text("keep me")
+        proc = _run("prepare-iwslt14-de-en.sh", *args)
+        assert proc.returncode != 0 and f"{mine} exists but was not made by this script" in proc.stderr
+        assert (mine / "important.txt").read_text() == "keep me"
+        mine.rename(tmp_path / mine.name)
+    assert _run("prepare-iwslt14-de-en.sh", *args).returncode == 0
+    assert (out / "bin" / ".done").exists() and not (out / "bin" / "important.txt").exists()
+
+
+def test_a_rerun_with_other_settings_is_refused_not_silently_kept(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _iwslt_raw(raw)
+    out = tmp_path / "iwslt"
+    assert _run("prepare-iwslt14-de-en.sh", "--raw-dir", raw, "--out-dir", out, "--vocab-size", "150").returncode == 0
+    settings = (out / "spm" / "spm.json").read_text()
+    proc = _run("prepare-iwslt14-de-en.sh", "--raw-dir", raw, "--out-dir", out, "--vocab-size", "120")
+    assert proc.returncode != 0 and "was trained with vocab_size 150, not 120: choose another --out-dir" in proc.stderr
+    assert "Traceback" not in proc.stderr and (out / "spm" / "spm.json").read_text() == settings
 
 
 def test_prepare_multi30k_offline(tmp_path):

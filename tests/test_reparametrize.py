@@ -201,3 +201,58 @@ def test_per_layer_key_dims_and_error_target_choose_each_layer(copy_data, transf
             )
             assert reparametrize_attention(w, row["key_dim"] - HEADS, n_iter=20).relative_error > 0.3
     fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", target, "--beam", "2", "--batch-size", "50")
+
+
+def test_a_key_dim_that_does_not_split_into_the_heads_converts_to_a_loadable_checkpoint(
+    copy_data, transformer_checkpoint, tmp_path
+):
+    """D_k = 30 with 4 heads (and one layer at 30 through --layer-key-dims): the CP conversion needs no split, so the
+    checkpoint must load where fairseq builds the model from its stored options."""
+    _, bin_dir = copy_data
+    for name, flags in [
+        ("all30.pt", ["--key-dim", "30"]),
+        ("one30.pt", ["--key-dim", "16", "--layer-key-dims", "encoder_self:0=30"]),
+    ]:
+        out = tmp_path / name
+        assert reparametrize.main([str(transformer_checkpoint), str(out), *flags, "--n-iter", "10"]) == 0
+        assert torch.load(out)["cfg"]["model"].collab_mixing_init == "normal"
+        gen = fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", out, "--beam", "2", "--batch-size", "50")
+        assert "Generate test with beam=2" in gen
+    assert torch.load(tmp_path / "one30.pt")["model"]["encoder.layers.0.self_attn.q_proj.weight"].shape == (30, EMBED)
+
+
+def test_bad_output_paths_are_refused_before_the_decomposition(transformer_checkpoint, tmp_path, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the decomposition started")
+
+    monkeypatch.setattr(reparametrize, "reparametrize_checkpoint", no_work)
+    (tmp_path / "a_file").write_text("")
+    for output, extra in [
+        (tmp_path / "a_file" / "out.pt", []),
+        ("/proc/out.pt", []),
+        (tmp_path / "out.pt", ["--report", str(tmp_path / "a_file" / "report.json")]),
+    ]:
+        err = _error(capsys, [str(transformer_checkpoint), str(output), "--key-dim", "16", *extra])
+        assert "cannot write" in err and "choose another path" in err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_converted_checkpoints_and_reports_have_the_mode_of_a_plain_file(transformer_checkpoint, tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out, report = tmp_path / "out.pt", tmp_path / "new_dir" / "report.json"
+        argv = [str(transformer_checkpoint), str(out), "--key-dim", "16", "--n-iter", "5", "--report", str(report)]
+        assert reparametrize.main(argv) == 0
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o644 and report.stat().st_mode & 0o777 == 0o644
+
+
+def test_analyze_refuses_a_checkpoint_without_transformer_attention(transformer_checkpoint, tmp_path, capsys):
+    state = torch.load(transformer_checkpoint)
+    state["cfg"]["model"].arch = "lstm"
+    torch.save(state, tmp_path / "lstm.pt")
+    assert analyze.main([str(tmp_path / "lstm.pt")]) == 2
+    assert "unsupported architecture 'lstm'" in capsys.readouterr().err

@@ -8,18 +8,26 @@ of a collaborative layer), and their maximum: the D_k to try (then collab-repara
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
 from collab_fairseq.models.collab_config import attention_heads
-from collab_fairseq.reparam.convert_checkpoint import CheckpointError, attention_layers, load_checkpoint, model_args
+from collab_fairseq.reparam.convert_checkpoint import (
+    CheckpointError,
+    attention_layers,
+    load_checkpoint,
+    model_args,
+    target_arch,
+)
 from collab_fairseq.reparam.spectrum import ENERGIES, energy_dims, layer_products, layer_spectrum
 
 
 def analyze(path: str):
     state = load_checkpoint(path)
     args = model_args(state)
+    target_arch(args)  # a transformer (or concatenated heads), or a CheckpointError naming what is supported
     heads = attention_heads(args)
     rows = []
     for prefix, kind in attention_layers(state["model"]).items():
@@ -74,6 +82,8 @@ def main(argv=None):
     p.add_argument("--plot", help="save the cumulative-energy curves here (png)")
     p.add_argument("--json", help="save every spectrum and dimension here")
     args = p.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install matplotlib (or the package's extra: pip install -e '.[plot]')")
     try:
         if args.checkpoint.endswith(".json"):
             with open(args.checkpoint) as f:

@@ -7,11 +7,9 @@ which the fairseq wheel does not install). Checkpoints are read with torch's saf
 import argparse
 import os
 import re
-import tempfile
-
-import torch
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
+from collab_fairseq.files import check_writable, load_checkpoint_file, save_checkpoint_atomically
 
 
 def last_checkpoints(run_dir, n, pattern=r"checkpoint_\d+_(\d+)\.pt"):
@@ -28,10 +26,10 @@ def last_checkpoints(run_dir, n, pattern=r"checkpoint_\d+_(\d+)\.pt"):
 
 def average(paths):
     """Mean of every floating-point tensor of the checkpoints' models; the first checkpoint's other state kept."""
-    state = torch.load(paths[0], map_location="cpu")
+    state = load_checkpoint_file(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in state["model"].items()}
     for path in paths[1:]:
-        model = torch.load(path, map_location="cpu")["model"]
+        model = load_checkpoint_file(path)["model"]
         if model.keys() != total.keys():
             raise ValueError(f"{path} has other parameters than {paths[0]}: not the same model")
         for k, v in model.items():
@@ -49,10 +47,8 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     paths = last_checkpoints(args.inputs, args.num_update_checkpoints)
-    state = average(paths)
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(args.output)), delete=False) as tmp:
-        torch.save(state, tmp)
-    os.replace(tmp.name, args.output)
+    check_writable(args.output)
+    save_checkpoint_atomically(average(paths), args.output)
     print(f"averaged {len(paths)} checkpoints -> {args.output}")
 
 

@@ -17,10 +17,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 
 import sacrebleu
 
+from collab_fairseq.files import write_text_atomically
 from collab_fairseq.provenance import code_provenance
 
 logger = logging.getLogger(__name__)
@@ -124,14 +124,6 @@ def score(hyps, refs, target_lang="de", tokenized=False):
     return out
 
 
-def write_atomic(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, encoding="utf-8") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
 def trained_by(checkpoint: str) -> dict:
     """The code that trained ``checkpoint``: the code.json the recipe wrote beside it at the start of training
     (commit, dirty, code), else this checkout's, marked as read at evaluation time."""
@@ -192,8 +184,8 @@ def main(argv=None):
         **score(hyps, refs, args.target_lang, args.tokenized_bleu),
     }
     if args.hypotheses:
-        write_atomic(args.hypotheses, "".join(h + "\n" for h in hyps))
-    write_atomic(args.out, json.dumps(result, indent=1) + "\n")
+        write_text_atomically(args.hypotheses, "".join(h + "\n" for h in hyps))
+    write_text_atomically(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 
 

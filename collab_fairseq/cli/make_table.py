@@ -16,10 +16,10 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from typing import Dict
 
+from collab_fairseq.files import write_text_atomically
 from collab_fairseq.provenance import code_hash
 
 PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
@@ -53,11 +53,9 @@ def read_train_log(path):
 
 def attention_params(checkpoint):
     """Parameters of all attention layers (self and cross) in a checkpoint."""
-    import torch
+    from collab_fairseq.files import load_checkpoint_file
 
-    import collab_fairseq  # noqa: F401  (safe-loading allowlist)
-
-    model = torch.load(checkpoint, map_location="cpu")["model"]
+    model = load_checkpoint_file(checkpoint)["model"]
     return sum(v.numel() for k, v in model.items() if "_attn." in k and "layer_norm" not in k)
 
 
@@ -251,12 +249,8 @@ def main(argv=None):
     text = table(rows, code_column=args.allow_mixed_code)
     print(text)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.out)), delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, args.out)
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
+        write_text_atomically(args.out, text)
+        write_text_atomically(os.path.splitext(args.out)[0] + ".json", json.dumps(rows, indent=1))
     if args.plot:
         try:
             plot(rows, args.plot)

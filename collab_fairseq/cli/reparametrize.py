@@ -13,7 +13,6 @@ reconstruction error and time.
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional
 
@@ -21,9 +20,11 @@ import torch
 from tqdm import tqdm
 
 import collab_fairseq  # noqa: F401  (allowlists fairseq's checkpoint objects for safe loading)
+from collab_fairseq.files import check_writable, write_text_atomically
 from collab_fairseq.models.collab_config import ATTENTIONS, parse_attentions, parse_layer_key_dims
 from collab_fairseq.reparam.convert_checkpoint import (
     CheckpointError,
+    check_output,
     load_checkpoint,
     reparametrize_checkpoint,
     save_atomically,
@@ -77,8 +78,9 @@ def main(argv=None):
                 raise CheckpointError(f"D_k must be a positive integer, got {d}")
         if args.max_error is not None and not 0 < args.max_error < 1:
             raise CheckpointError(f"--max-error is a relative error in (0, 1), got {args.max_error}")
-        if os.path.exists(args.output) and not args.force:  # fail before the decomposition, not after it
-            raise CheckpointError(f"{args.output} exists: choose another output path, or pass --force to overwrite it")
+        check_output(args.output, args.force)  # every output checked before the decomposition, not after it
+        if args.report:
+            check_writable(args.report)
         state = load_checkpoint(args.checkpoint)
         new_state, report = reparametrize_checkpoint(
             state,
@@ -92,6 +94,14 @@ def main(argv=None):
             max_error=args.max_error,
         )
         save_atomically(new_state, args.output, force=args.force)
+        if args.report:
+            report_json = {
+                "key_dim": args.key_dim,
+                "device": device,
+                "source_fp16_loss_scale": fp16_loss_scale(state),
+                "layers": report,
+            }
+            write_text_atomically(args.report, json.dumps(report_json, indent=1))
     except (CheckpointError, ValueError) as err:
         print(f"collab-reparametrize: error: {err}", file=sys.stderr)
         return 2
@@ -103,18 +113,6 @@ def main(argv=None):
     mean = sum(r["relative_error"] for r in report) / len(report)
     dims = sorted({r["key_dim"] for r in report})
     print(f"{len(report)} layers at D_k {dims} on {device}: mean relative error {mean:.4f} -> {args.output}")
-    if args.report:
-        with open(args.report, "w") as f:
-            json.dump(
-                {
-                    "key_dim": args.key_dim,
-                    "device": device,
-                    "source_fp16_loss_scale": fp16_loss_scale(state),
-                    "layers": report,
-                },
-                f,
-                indent=1,
-            )
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from collab_fairseq.modules.attention_kernels import KERNEL_NAMES
-from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES
+from collab_fairseq.modules.collaborative_attention import MIXING_INITS, MODES, check_layer_options
 
 # attention kind -> the stack whose layers hold it (and whose heads, layers and width it has)
 ATTENTIONS = {"encoder_self": "encoder", "decoder_self": "decoder", "encoder_decoder": "decoder"}
@@ -118,7 +118,12 @@ def parse_layer_key_dims(spec: str) -> Dict[Tuple[str, int], int]:
                 f"--collab-layer-key-dims: cannot read {item!r}; write ATTENTION:LAYER=D_K with ATTENTION one of "
                 f"{', '.join(ATTENTIONS)}, e.g. encoder_self:0=192"
             )
-        dims[(m.group(1), int(m.group(2)))] = int(m.group(3))
+        where = (m.group(1), int(m.group(2)))
+        if where in dims:
+            raise ValueError(
+                f"--collab-layer-key-dims sets {where[0]}:{where[1]} twice ({dims[where]} and {m.group(3)}): keep one"
+            )
+        dims[where] = int(m.group(3))
     return dims
 
 
@@ -163,7 +168,7 @@ def collab_layers(cfg) -> Dict[Tuple[str, int], CollabLayerOptions]:
     collaborative or concatenated; the attentions not in it stay fairseq's. Parsed once per distinct set of
     options; ValueError naming the fix for options that cannot describe a model."""
     shapes = tuple(
-        (kind, _stack_value(cfg, stack, "layers"), _stack_value(cfg, stack, "embed_dim"))
+        (kind, *(_stack_value(cfg, stack, name) for name in ("layers", "embed_dim", "attention_heads")))
         for kind, stack in ATTENTIONS.items()
     )
     # choice options may be fairseq's StrEnum members (hydra configs): their str() is the value
@@ -178,7 +183,7 @@ def _collab_layers(values: tuple, shapes: tuple) -> Dict[Tuple[str, int], Collab
     opts = dict(zip(COLLAB_OPTIONS, values))
     attentions = parse_attentions(opts["collab_attentions"])
     overrides = parse_layer_key_dims(opts["collab_layer_key_dims"])
-    layer_counts = {kind: layers for kind, layers, _ in shapes}
+    layer_counts = {kind: layers for kind, layers, _, _ in shapes}
     for kind, layer in overrides:
         if kind not in attentions:
             raise ValueError(f"--collab-layer-key-dims sets {kind}:{layer} but {kind} is not in --collab-attentions")
@@ -188,19 +193,23 @@ def _collab_layers(values: tuple, shapes: tuple) -> Dict[Tuple[str, int], Collab
             )
     default_key_dim = opts["collab_key_dim"]
     plan = {}
-    for kind, layers, embed_dim in shapes:
+    for kind, layers, embed_dim, heads in shapes:
         if kind not in attentions:
             continue
         for layer in range(layers):
             key_dim = overrides.get((kind, layer), default_key_dim if default_key_dim is not None else embed_dim)
-            plan[(kind, layer)] = CollabLayerOptions(
-                attention=kind,
-                layer=layer,
+            options = dict(
                 key_dim=key_dim,
                 mode=opts["collab_mode"],
                 mixing_init=opts["collab_mixing_init"],
                 mixing_lr_scale=float(opts["collab_mixing_lr_scale"]),
-                content_bias=not opts["collab_no_content_bias"],
                 kernel=opts["collab_attention_kernel"],
+            )
+            try:
+                check_layer_options(num_heads=heads, **options)
+            except ValueError as err:
+                raise ValueError(f"{kind} attention (layer {layer}): {err}") from None
+            plan[(kind, layer)] = CollabLayerOptions(
+                attention=kind, layer=layer, content_bias=not opts["collab_no_content_bias"], **options
             )
     return plan

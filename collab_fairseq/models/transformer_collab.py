@@ -8,6 +8,8 @@ Every architecture of fairseq's ``transformer`` model has a ``transformer_collab
 """
 
 import logging
+import os
+import sys
 from typing import Dict
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -89,9 +91,10 @@ class TransformerCollabModel(TransformerModel):
         mark_collab_args(args)
         model = super().build_model(args, task)
         logger.info(
-            "collaborative attention: mode=%s D_k=%s attentions=%s mixing_init=%s kernel=%s content_bias=%s",
+            "collaborative attention: mode=%s D_k=%s%s attentions=%s mixing_init=%s kernel=%s content_bias=%s",
             args.collab_mode,
             args.collab_key_dim if args.collab_key_dim is not None else "embed_dim",
+            f" (per layer: {args.collab_layer_key_dims})" if args.collab_layer_key_dims else "",
             args.collab_attentions,
             args.collab_mixing_init,
             args.collab_attention_kernel,
@@ -137,8 +140,22 @@ def _collab_architecture(fairseq_architecture):
     def architecture(args):
         set_collab_defaults(args)
         fairseq_architecture(args)
+        if sys._getframe(1).f_code.co_name == "parse_args_and_arch":
+            refuse_bad_options(args)
 
     return architecture
+
+
+def refuse_bad_options(args) -> None:
+    """Exit with status 2 and one line naming the problem, as argparse does, if the collab options cannot describe a
+    model. fairseq's CLIs call the architecture function while parsing the command line, before any data is read:
+    checked there, a bad option costs neither the wait nor a traceback. (Elsewhere, e.g. for the hub interface,
+    building the model raises the same ValueError.)"""
+    try:
+        collab_layers(args)
+    except ValueError as err:
+        print(f"{os.path.basename(sys.argv[0]) or 'fairseq'}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 for _arch, _collab_arch in COLLAB_ARCHS.items():

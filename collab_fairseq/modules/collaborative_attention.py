@@ -360,10 +360,10 @@ class CollaborativeMultiheadAttention(nn.Module):
                 weights.append(like.new_zeros(n, width) if ones else p.weight)
                 if ones or p.bias is not None:
                     biases.append((size, n, like.new_ones(n) if ones else p.bias))
-                size += n
+                size = size + n  # not +=: while tracing, sizes are tensors, and += would move every start above
             if pad:
                 weights.append(like.new_zeros(pad, width))
-                size += pad
+                size = size + pad
         weight = torch.cat(weights)
         if not biases:
             return weight, None
@@ -592,22 +592,30 @@ class CollaborativeMultiheadAttention(nn.Module):
         rows of that cache are equal (the encoder output repeated per hypothesis), so selecting them would copy
         the whole cache at every step for nothing. It is reordered when finished sentences leave the batch."""
         input_buffer = self._get_input_buffer(incremental_state)
-        if self.encoder_decoder_attention and input_buffer:
-            cached = next((t for t in input_buffer.values() if t is not None), None)
-            if cached is not None and cached.size(0) == new_order.size(0):
-                return incremental_state
-        if input_buffer is not None:
-            for name, cached in input_buffer.items():
+        if self.encoder_decoder_attention:
+            for cached in input_buffer.values():
                 if cached is not None:
-                    input_buffer[name] = cached.index_select(0, new_order)
-            incremental_state = self._set_input_buffer(incremental_state, input_buffer)
+                    if cached.size(0) == new_order.size(0):
+                        return incremental_state
+                    break
+        for name, cached in input_buffer.items():
+            if cached is not None:
+                input_buffer[name] = cached.index_select(0, new_order)
+        self._set_input_buffer(incremental_state, input_buffer)
         return incremental_state
 
-    def _get_input_buffer(self, incremental_state) -> Dict[str, Optional[Tensor]]:
+    def _get_input_buffer(
+        self, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]]
+    ) -> Dict[str, Optional[Tensor]]:
         result = self.get_incremental_state(incremental_state, "attn_state")
-        return result if result is not None else {}
+        if result is not None:
+            return result
+        empty: Dict[str, Optional[Tensor]] = {}
+        return empty
 
-    def _set_input_buffer(self, incremental_state, buffer: Dict[str, Optional[Tensor]]):
+    def _set_input_buffer(
+        self, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]], buffer: Dict[str, Optional[Tensor]]
+    ):
         return self.set_incremental_state(incremental_state, "attn_state", buffer)
 
     def extra_repr(self) -> str:

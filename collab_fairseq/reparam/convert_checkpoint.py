@@ -10,13 +10,20 @@ import argparse
 import copy
 import os
 import re
-import tempfile
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from collab_fairseq.models.collab_config import ATTENTIONS, attention_heads, format_layer_key_dims, parse_attentions
+from collab_fairseq.files import check_writable, load_checkpoint_file, save_checkpoint_atomically
+from collab_fairseq.models.collab_config import (
+    ATTENTIONS,
+    COLLAB_OPTIONS,
+    attention_heads,
+    collab_layers,
+    format_layer_key_dims,
+    parse_attentions,
+)
 from collab_fairseq.models.transformer_collab import COLLAB_ARCHS
 from collab_fairseq.modules import CollaborativeMultiheadAttention
 from collab_fairseq.needs_user_dir import TransformerCollabArgs
@@ -34,7 +41,7 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu")
+        state = load_checkpoint_file(path)
     except Exception as err:  # torch raises many types for truncated / foreign files
         raise CheckpointError(
             f"cannot read {path} as a fairseq checkpoint ({type(err).__name__}: {str(err)[:200]}); "
@@ -83,8 +90,8 @@ def target_arch(args: argparse.Namespace) -> str:
             )
         return arch
     raise CheckpointError(
-        f"unsupported architecture {arch!r}: collab-reparametrize converts {', '.join(COLLAB_ARCHS)} "
-        "and transformer_collab* models trained with --collab-mode concatenate"
+        f"unsupported architecture {arch!r}: only fairseq's transformer architectures ({', '.join(COLLAB_ARCHS)}) "
+        "and transformer_collab* models trained with --collab-mode concatenate have per-head key/query weights"
     )
 
 
@@ -138,6 +145,9 @@ def reparametrize_checkpoint(
     layers = [(p, k) for p, k in attention_layers(old).items() if k in attentions]
     if not layers:
         raise CheckpointError(f"no {', '.join(attentions)} attention layers in the checkpoint")
+    if max_error is None:  # every D_k is known: check that the model they describe can be built, before converting
+        planned = {(k, int(p.split(".")[2])): layer_key_dims.get((k, int(p.split(".")[2])), key_dim) for p, k in layers}
+        converted_model_args(args, arch, planned, key_dim, attentions, mixing_lr_scale)
     for prefix, kind in progress(layers, desc="CP decomposition", unit="layer"):
         index = int(prefix.split(".")[2])
         weights = AttentionWeights(
@@ -166,17 +176,7 @@ def reparametrize_checkpoint(
 
     chosen = {(r["attention"], int(r["layer"].split(".")[2])): r["key_dim"] for r in report}
     default_dim = key_dim if key_dim is not None else Counter(chosen.values()).most_common(1)[0][0]
-    per_layer = format_layer_key_dims({where: d for where, d in chosen.items() if d != default_dim})
-
-    new_args = TransformerCollabArgs(**copy.deepcopy(vars(args)))
-    new_args.arch = new_args._name = arch
-    new_args.collab_key_dim = default_dim
-    new_args.collab_layer_key_dims = per_layer
-    new_args.collab_mode = "collaborative"
-    new_args.collab_attentions = ",".join(a for a in ATTENTIONS if a in attentions)
-    new_args.collab_mixing_init = "concatenate"
-    new_args.collab_mixing_lr_scale = mixing_lr_scale
-    new_args.collab_no_content_bias = False
+    new_args = converted_model_args(args, arch, chosen, default_dim, attentions, mixing_lr_scale)
 
     out = {k: v for k, v in state.items() if k not in ("last_optimizer_state", "model")}
     out["model"] = new
@@ -189,6 +189,40 @@ def reparametrize_checkpoint(
         out.get("extra_state") or {}, collab_reparametrized={"key_dim": default_dim, "layers": report}
     )
     return out, report
+
+
+def converted_model_args(
+    args: argparse.Namespace,
+    arch: str,
+    key_dims: Dict[Tuple[str, int], int],
+    default_dim: int,
+    attentions: List[str],
+    mixing_lr_scale: float,
+) -> TransformerCollabArgs:
+    """The converted model's arguments: the source's, the collab options' defaults where it has none, and what the
+    conversion sets; checked as fairseq will when it builds the model (CheckpointError if it cannot be built).
+
+    The mixing matrix comes from the decomposition, so the stored ``collab_mixing_init`` only has to let the model
+    be built: ``concatenate`` where every D_k splits into the heads, else ``normal``."""
+    heads = attention_heads(args)
+    splits = all(d % heads[kind] == 0 for (kind, _), d in key_dims.items())
+    converted = dict(
+        arch=arch,
+        _name=arch,
+        collab_key_dim=default_dim,
+        collab_layer_key_dims=format_layer_key_dims({where: d for where, d in key_dims.items() if d != default_dim}),
+        collab_mode="collaborative",
+        collab_attentions=",".join(a for a in ATTENTIONS if a in attentions),
+        collab_mixing_init="concatenate" if splits else "normal",
+        collab_mixing_lr_scale=mixing_lr_scale,
+        collab_no_content_bias=False,
+    )
+    new_args = TransformerCollabArgs(**{**COLLAB_OPTIONS, **copy.deepcopy(vars(args)), **converted})
+    try:
+        collab_layers(new_args)
+    except ValueError as err:
+        raise CheckpointError(f"the converted model could not be loaded: {err}") from None
+    return new_args
 
 
 def _maybe(t, device):
@@ -222,17 +256,15 @@ def _write_layer(sd: dict, prefix: str, w: CollaborativeWeights, num_heads: int,
         sd[f"{prefix}.{key}"] = value.to(dtype) if value.dtype == torch.float32 else value
 
 
-def save_atomically(state: dict, path: str, force: bool = False) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+def check_output(path: str, force: bool = False) -> None:
+    """Raise CheckpointError unless ``path`` can be written (and, without ``force``, does not exist yet): called
+    before the conversion, so that a bad output path costs no decomposition."""
     if os.path.exists(path) and not force:
         raise CheckpointError(f"{path} exists: choose another output path, or pass --force to overwrite it")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    check_writable(path)
+
+
+def save_atomically(state: dict, path: str, force: bool = False) -> None:
+    """Write the checkpoint whole (a temporary file beside ``path``, then renamed), mode 0o666 less the umask."""
+    check_output(path, force)
+    save_checkpoint_atomically(state, path)

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import tempfile
+from typing import Optional
 
 import sentencepiece as spm
 
@@ -33,9 +34,10 @@ def check_version(version: str = spm.__version__) -> None:
         )
 
 
-def check_existing_model(model_prefix: str) -> bool:
-    """True if model_prefix.model exists and was trained by the pinned sentencepiece (a rerun keeps it); raise if
-    it was trained by another version, or before versions were recorded."""
+def check_existing_model(model_prefix: str, requested: Optional[dict] = None) -> bool:
+    """True if model_prefix.model exists and was trained by the pinned sentencepiece with the ``requested`` settings
+    (a rerun keeps it); raise if it was trained by another version, before versions were recorded, or with other
+    settings (a recorded setting that differs from the requested one: the data would not be what was asked for)."""
     if not os.path.exists(model_prefix + ".model"):
         return False
     settings = {}
@@ -49,6 +51,14 @@ def check_existing_model(model_prefix: str) -> bool:
             f"{model_prefix}.model was trained by sentencepiece {version}, not {PINNED_VERSION}: its segmentation can "
             f"differ from the project's; delete {out_dir}/spm and {out_dir}/bin and run the data-prep script again"
         )
+    changed = {k: (settings[k], v) for k, v in (requested or {}).items() if k in settings and settings[k] != v}
+    if changed:
+        out_dir = os.path.dirname(os.path.dirname(os.path.abspath(model_prefix)))
+        what = ", ".join(f"{k} {old}, not {new}" for k, (old, new) in changed.items())
+        raise RuntimeError(
+            f"{model_prefix}.model was trained with {what}: choose another --out-dir for these settings, or delete "
+            f"{out_dir}/spm and {out_dir}/bin to prepare {out_dir} again with them"
+        )
     return True
 
 
@@ -56,7 +66,9 @@ def train(inputs, model_prefix, vocab_size, model_type="unigram", sample_size=2_
     """Train on ``inputs`` (sampling ``sample_size`` sentences); writes model_prefix.model/.vocab atomically, and
     model_prefix.json (sentencepiece version and settings). A model the pinned version made already is kept."""
     check_version()
-    if check_existing_model(model_prefix):
+    requested = dict(vocab_size=vocab_size, model_type=model_type, sample_size=sample_size, seed=seed)
+    requested["inputs"] = [os.path.basename(p) for p in inputs]
+    if check_existing_model(model_prefix, requested):
         return
     for path in inputs:
         if not os.path.isfile(path):
@@ -115,10 +127,14 @@ def main(argv=None):
     e.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s")
-    if args.cmd == "train":
-        train(args.input, args.model_prefix, args.vocab_size, args.model_type, args.sample_size)
-    else:
-        encode(args.model, args.input, args.output)
+    try:
+        if args.cmd == "train":
+            train(args.input, args.model_prefix, args.vocab_size, args.model_type, args.sample_size)
+        else:
+            encode(args.model, args.input, args.output)
+    except (RuntimeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ score() {  # RUN_DIR HEADS KEY_DIM TAG [FINETUNE_UPDATES]: evaluate RUN_DIR/chec
     META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": 1, \"tag\": \"$tag\", \"source\": \"$SOURCE_NAME\", \"finetune_updates\": $updates}" \
       SAVE_DIR="$run" "$RECIPE_DIR/evaluate.sh" >/dev/null
   fi
-  echo "[reparam] $name: $(python3 -c "import json; print(json.load(open('$run/bleu.json'))['sacrebleu'])") BLEU" >&2
+  echo "[reparam] $name: $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sacrebleu"])' "$run/bleu.json") BLEU" >&2
 }
 convert() {  # RUN_DIR [reparametrize flags]: CP-convert the source into RUN_DIR/checkpoint_best.pt once
   local run="$1"; shift
@@ -34,15 +34,17 @@ for d in ${KEY_DIMS:?}; do
 done
 for e in ${MAX_ERRORS:-}; do
   convert "$OUT_DIR/reparam_err$e" --max-error "$e"
-  mean_key_dim=$(python3 -c "import json; r = json.load(open('$OUT_DIR/reparam_err$e/reparametrize.json'))['layers']; print(round(sum(x['key_dim'] for x in r) / len(r)))")
+  mean_key_dim=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["layers"]; print(round(sum(x["key_dim"] for x in r) / len(r)))' \
+    "$OUT_DIR/reparam_err$e/reparametrize.json")
   score "$OUT_DIR/reparam_err$e" collab "$mean_key_dim" "_reparam_err$e"  # D_k: the mean over layers
 done
 if [[ -n "${UNIFORM:-}" ]]; then  # the uniform copies keep the source's heads: its kind and full D_k
-  read -r SOURCE_HEADS SOURCE_KEY_DIM < <(python3 -c "
+  read -r SOURCE_HEADS SOURCE_KEY_DIM < <(python3 -c '
+import sys
 from collab_fairseq.reparam.convert_checkpoint import load_checkpoint, model_args
-args = model_args(load_checkpoint('$SOURCE/checkpoint_best.pt'))
-concat = getattr(args, 'collab_mode', None) == 'concatenate'
-print('concat' if concat else 'transformer', (concat and args.collab_key_dim) or args.encoder_embed_dim)")
+args = model_args(load_checkpoint(sys.argv[1]))
+concat = getattr(args, "collab_mode", None) == "concatenate"
+print("concat" if concat else "transformer", (concat and args.collab_key_dim) or args.encoder_embed_dim)' "$SOURCE/checkpoint_best.pt")
 fi
 for attentions in ${UNIFORM:-}; do
   run="$OUT_DIR/uniform_$attentions" tag="_uniform_$attentions"; mkdir -p "$run"

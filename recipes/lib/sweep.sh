@@ -41,7 +41,7 @@ run_one() {  # INDEX HEADS:KEY_DIM:SEED
   fi
   META="{\"run\": \"$name\", \"heads\": \"$heads\", \"key_dim\": $key_dim, \"seed\": $seed, \"tag\": \"$tag\", \"warm_start\": ${warm:-null}}" \
     SAVE_DIR="$dir" "$RECIPE_DIR/evaluate.sh" >/dev/null || { echo "[sweep] $name: evaluation failed" >&2; return 1; }
-  echo "[sweep] $name: $(python3 -c "import json; print(json.load(open('$dir/bleu.json'))['sacrebleu'])") BLEU" >&2
+  echo "[sweep] $name: $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sacrebleu"])' "$dir/bleu.json") BLEU" >&2
 }
 export -f run_one
 status=0
