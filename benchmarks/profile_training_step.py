@@ -36,6 +36,10 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from torch.profiler import ProfilerActivity, profile
 
+from collab_fairseq.attention_backends import default_cudnn_attention
+
+default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
+
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report them

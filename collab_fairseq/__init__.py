@@ -1,13 +1,16 @@
-"""collab_fairseq: collaborative multi-head attention as a fairseq user module (``--user-dir collab_fairseq``)."""
+"""collab_fairseq: collaborative multi-head attention as a fairseq user module (``--user-dir collab_fairseq``).
+
+Importing it registers the ``transformer_collab`` model and its architectures, and allowlists the objects fairseq
+checkpoints hold for torch's safe loading (fairseq's own ``torch.load`` refuses them on torch >= 2.6, and importing
+the user module is the only hook that runs before it). Nothing else of torch or fairseq changes, unless the run
+asks through ``COLLAB_FAIRSEQ_CUDNN_ATTENTION`` (``attention_backends.py``).
+"""
 
 from . import models  # noqa: F401  (registers transformer_collab and its architectures)
-from .attention_backends import avoid_cudnn_attention
+from .attention_backends import apply_cudnn_attention_setting
 from .safe_loading import allow_fairseq_checkpoints
 
-# fairseq reads checkpoints with torch.load, which on torch >= 2.6 refuses the non-tensor objects
-# fairseq stores; importing the user module is the only hook that runs before the load.
 allow_fairseq_checkpoints()
-# fairseq's batches change shape from batch to batch; cuDNN's attention builds a graph for each new one
-avoid_cudnn_attention()
+apply_cudnn_attention_setting()
 
 __version__ = "0.1.0"

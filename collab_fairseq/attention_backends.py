@@ -1,43 +1,51 @@
-"""Keep torch's scaled_dot_product_attention off its cuDNN backend in fairseq runs.
+"""torch's cuDNN attention, switched off for a whole run where the run asks (``COLLAB_FAIRSEQ_CUDNN_ATTENTION=0``).
 
-fairseq batches sentences by length, so the attention sees a new (batch, length) shape in almost every batch of
-an epoch, and on every rank of a multi-GPU run for several epochs (each epoch deals the batches out anew).
-torch prefers cuDNN's attention on Hopper GPUs, and cuDNN builds an execution graph for each new shape on the
-host before it runs. fairseq's own MultiheadAttention (the transformer baseline, and the generator's encoder)
-calls scaled_dot_product_attention, so it paid those builds: on 4 x H100 a WMT14-recipe update of fairseq's
-transformer took 283-373 ms with cuDNN's attention and 130-143 ms without it (results/multi_gpu.md). Flash
-and memory-efficient attention, which torch uses instead, need no per-shape build.
+fairseq batches sentences by length, so attention sees a new (batch, length) shape in almost every batch, and torch
+prefers cuDNN's attention on Hopper GPUs, which builds an execution graph on the host for each new shape. fairseq's
+own MultiheadAttention (the transformer baseline, and the generator's encoder) calls scaled_dot_product_attention,
+so it pays those builds: on 4 x H100 a WMT14-recipe update of fairseq's transformer took 283-373 ms with cuDNN's
+attention and 130-143 ms without it (results/multi_gpu.md).
 
-Importing the user module (``--user-dir collab_fairseq``) switches cuDNN's attention off for the process;
-``COLLAB_FAIRSEQ_CUDNN_ATTENTION=1`` keeps torch's choice. cuDNN's convolutions and other kernels are untouched.
+Importing the package leaves torch's choice alone. The variable is the switch: ``0`` turns cuDNN's attention off,
+``1`` on, unset leaves torch's default. fairseq imports the user module in every process it starts (each GPU's
+worker, fairseq-generate), so one exported variable reaches them all; the recipes' launcher
+(``recipes/lib/train.sh``) exports 0 for every run, transformer baselines included, and records it in the run's
+``code.json``. cuDNN's convolutions and other kernels are untouched.
 """
 
 import logging
 import os
+from typing import Optional
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-KEEP_CUDNN_ATTENTION_ENV = "COLLAB_FAIRSEQ_CUDNN_ATTENTION"
+CUDNN_ATTENTION_ENV = "COLLAB_FAIRSEQ_CUDNN_ATTENTION"
 
 
-def avoid_cudnn_attention() -> bool:
-    """Disable cuDNN's scaled-dot-product attention unless the environment asks to keep it.
-
-    Returns whether it was disabled. Raises ValueError for a value of the variable other than 0 or 1.
-    """
-    keep = os.environ.get(KEEP_CUDNN_ATTENTION_ENV, "0").strip()
-    if keep not in ("0", "1", ""):
+def cudnn_attention_setting() -> Optional[bool]:
+    """What the environment asks for: False (off), True (on), None (unset: torch's choice); ValueError otherwise."""
+    value = os.environ.get(CUDNN_ATTENTION_ENV, "").strip()
+    if value not in ("0", "1", ""):
         raise ValueError(
-            f"{KEEP_CUDNN_ATTENTION_ENV}={keep!r}: use 1 to keep torch's cuDNN attention, 0 (or unset) to switch it off"
+            f"{CUDNN_ATTENTION_ENV}={value!r}: use 0 to switch torch's cuDNN attention off, 1 to switch it on, "
+            "or leave it unset for torch's choice"
         )
-    if keep == "1":
-        return False
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    if torch.cuda.is_available():
-        logger.info(
-            "cuDNN scaled-dot-product attention off (it builds a graph per new batch shape); "
-            f"{KEEP_CUDNN_ATTENTION_ENV}=1 keeps it"
-        )
-    return True
+    return None if value == "" else value == "1"
+
+
+def apply_cudnn_attention_setting() -> Optional[bool]:
+    """Switch cuDNN's scaled-dot-product attention as :func:`cudnn_attention_setting` says (logged); returns it."""
+    setting = cudnn_attention_setting()
+    if setting is not None:
+        torch.backends.cuda.enable_cudnn_sdp(setting)
+        logger.info(f"cuDNN scaled-dot-product attention {'on' if setting else 'off'} ({CUDNN_ATTENTION_ENV})")
+    return setting
+
+
+def default_cudnn_attention(value: str) -> Optional[bool]:
+    """For entry points that time things (benchmarks): ``value`` (0 or 1) unless the environment already says, in this
+    process and, through the environment, in every process it starts."""
+    os.environ.setdefault(CUDNN_ATTENTION_ENV, value)
+    return apply_cudnn_attention_setting()

@@ -42,10 +42,12 @@ def _git(*args) -> Optional[str]:
 
 def code_provenance() -> Dict[str, object]:
     """{"commit": HEAD of the checkout holding the package (None outside git), "dirty": uncommitted changes to
-    collab_fairseq/, "code": :func:`code_hash`}."""
+    collab_fairseq/, "code": :func:`code_hash`, "cudnn_attention": what the run's COLLAB_FAIRSEQ_CUDNN_ATTENTION
+    makes of torch's cuDNN attention (attention_backends.py): "off", "on" or "torch default"}."""
     commit = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--", ".")) if commit else None
-    return {"commit": commit, "dirty": dirty, "code": code_hash()}
+    cudnn = {"0": "off", "1": "on"}.get(os.environ.get("COLLAB_FAIRSEQ_CUDNN_ATTENTION", "").strip(), "torch default")
+    return {"commit": commit, "dirty": dirty, "code": code_hash(), "cudnn_attention": cudnn}
 
 
 if __name__ == "__main__":

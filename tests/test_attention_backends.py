@@ -1,5 +1,5 @@
-"""Importing the user module as fairseq does (every training worker, fairseq-generate) switches cuDNN's
-scaled-dot-product attention off, unless COLLAB_FAIRSEQ_CUDNN_ATTENTION=1; a bad value fails at import."""
+"""Importing the package (as fairseq imports a user module) leaves torch's cuDNN attention as it was; the run's
+COLLAB_FAIRSEQ_CUDNN_ATTENTION switches it, and a bad value fails at import naming the variable."""
 
 import os
 import subprocess
@@ -7,33 +7,45 @@ import sys
 
 import pytest
 
-from collab_fairseq.attention_backends import KEEP_CUDNN_ATTENTION_ENV
+from collab_fairseq.attention_backends import CUDNN_ATTENTION_ENV
 from tests.helpers import USER_DIR
 
 IMPORT_AS_FAIRSEQ = (
-    "import argparse, torch; from fairseq import utils; "
+    "import argparse, sys, torch; from fairseq import utils; "
+    "torch.backends.cuda.enable_cudnn_sdp(sys.argv[1] == 'on'); "
     f"utils.import_user_module(argparse.Namespace(user_dir={USER_DIR!r})); "
     "print('cudnn attention', torch.backends.cuda.cudnn_sdp_enabled())"
 )
 
 
-def import_user_module(value):
-    env = {k: v for k, v in os.environ.items() if k != KEEP_CUDNN_ATTENTION_ENV}
+def import_user_module(before, value):
+    env = {k: v for k, v in os.environ.items() if k != CUDNN_ATTENTION_ENV}
     if value is not None:
-        env[KEEP_CUDNN_ATTENTION_ENV] = value
+        env[CUDNN_ATTENTION_ENV] = value
     return subprocess.run(
-        [sys.executable, "-c", IMPORT_AS_FAIRSEQ], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", IMPORT_AS_FAIRSEQ, before], env=env, capture_output=True, text=True, timeout=300
     )
 
 
-@pytest.mark.parametrize("value, enabled", [(None, False), ("0", False), ("1", True)])
-def test_user_module_import_decides_cudnn_attention(value, enabled):
-    proc = import_user_module(value)
+@pytest.mark.parametrize("before", ["on", "off"])
+def test_importing_the_package_leaves_cudnn_attention_as_it_was(before):
+    code = "import sys, torch; torch.backends.cuda.enable_cudnn_sdp(sys.argv[1] == 'on'); import collab_fairseq; "
+    code += "print(torch.backends.cuda.cudnn_sdp_enabled())"
+    env = {k: v for k, v in os.environ.items() if k != CUDNN_ATTENTION_ENV}
+    proc = subprocess.run([sys.executable, "-c", code, before], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == [str(before == "on")], proc.stderr[-2000:]
+    proc = import_user_module(before, None)
+    assert f"cudnn attention {before == 'on'}" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value, enabled", [("0", False), ("1", True)])
+def test_the_runs_variable_switches_cudnn_attention(value, enabled):
+    proc = import_user_module("off" if enabled else "on", value)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"cudnn attention {enabled}" in proc.stdout
 
 
 def test_bad_value_names_the_variable_and_the_fix():
-    proc = import_user_module("yes")
+    proc = import_user_module("on", "yes")
     assert proc.returncode != 0
-    assert f"{KEEP_CUDNN_ATTENTION_ENV}='yes': use 1" in proc.stderr
+    assert f"{CUDNN_ATTENTION_ENV}='yes': use 0 to switch torch's cuDNN attention off" in proc.stderr

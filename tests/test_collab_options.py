@@ -1,10 +1,16 @@
-"""The training options of collaborative heads: mixing learning-rate scale / freezing, no content bias."""
+"""The training options of collaborative heads: mixing learning-rate scale / freezing, no content bias; the shipped
+hydra configs against the options' dataclass."""
+
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from collab_fairseq.models.collab_config import COLLAB_OPTIONS
 from collab_fairseq.modules import CollaborativeMultiheadAttention
 from collab_fairseq.modules.collaborative_attention import attention_parameter_count, init_mixing_
+from tests.helpers import USER_DIR
 
 EMBED, HEADS, KEY_DIM = 32, 4, 16
 
@@ -86,3 +92,14 @@ def test_no_content_bias_drops_the_parameter_and_equals_a_zero_bias():
 def test_bad_mixing_scale_is_rejected(scale):
     with pytest.raises(ValueError, match="mixing learning-rate scale must be >= 0"):
         _layer(mixing_lr_scale=scale)
+
+
+@pytest.mark.parametrize("config", sorted((Path(USER_DIR) / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_hydra_configs_list_every_collab_option_at_the_dataclass_default(config):
+    """So that a fairseq-hydra-train user overrides any option without '+' and gets what the command line gives;
+    collab_key_dim, the one each config chooses, excepted."""
+    model = yaml.safe_load(config.read_text())["model"]
+    listed = {k: v for k, v in model.items() if k.startswith("collab_")}
+    assert set(listed) == set(COLLAB_OPTIONS)
+    defaults = {k: ("" if v is None else v) for k, v in COLLAB_OPTIONS.items() if k != "collab_key_dim"}
+    assert {k: ("" if v is None else v) for k, v in listed.items() if k != "collab_key_dim"} == defaults

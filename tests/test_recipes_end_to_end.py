@@ -144,6 +144,7 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     result = json.load(open(run / "bleu.json"))
     assert result["tag"] == "_ws3" and result["warm_start"] == 3
     assert result["code"] == code_hash() == json.load(open(run / "code.json"))["code"]  # who trained it
+    assert json.load(open(run / "code.json"))["cudnn_attention"] == "off"  # the recipes' setting, recorded
     assert (
         len(json.load(open(run / "warm_start" / "reparametrize.json"))["layers"]) == 3
     )  # 1 encoder self, 1 decoder self, 1 cross

@@ -23,6 +23,9 @@
 #                  collab_fairseq/cli/warm_start_schedule.py); with FP16 the second phase starts at the loss
 #                  scale the first one reached
 #   WARM_START_EXTRA  fairseq-train flags of that transformer phase (EXTRA goes to the collaborative phase)
+#   CUDNN_ATTENTION  0 (default): torch's cuDNN attention off for every run, transformer baselines included (it
+#                  builds a graph per new batch shape: collab_fairseq/attention_backends.py); 1: on. Recorded in
+#                  SAVE_DIR/code.json
 #   DRY_RUN=1      print the batch plan and the commands, run nothing
 # GPUs: every visible GPU (CUDA_VISIBLE_DEVICES) through fairseq's distributed training (NCCL);
 # multi-node via torchrun / SLURM variables, which fairseq reads itself.
@@ -36,6 +39,7 @@ SAVE_DIR="${SAVE_DIR:-work/${CORPUS:?set CORPUS or SAVE_DIR}/runs/${HEADS}${KEY_
 ATTENTIONS="${ATTENTIONS:-encoder_self,decoder_self,encoder_decoder}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DRY_RUN="${DRY_RUN:-0}"
+export COLLAB_FAIRSEQ_CUDNN_ATTENTION="${CUDNN_ATTENTION:-0}"
 [[ "$DRY_RUN" == 1 || -n "$(ls "$DATA"/dict.*.txt 2>/dev/null)" ]] ||
   { echo "error: $DATA has no dict.*.txt: run the data-prep script first" >&2; exit 1; }
 [[ "$HEADS" =~ ^(transformer|collab|concat)$ ]] ||
