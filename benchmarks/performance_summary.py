@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from collab_fairseq.modules.attention_kernels import resolve_kernel
+from collab_fairseq.modules.attention_kernels import kernel_preferences
 
 
 def train_ratios(train: dict, warm_start_fraction: float) -> dict:
@@ -36,7 +36,7 @@ def layer_ratios(layer: dict, kernel: str) -> dict:
     out = {"layer_speed_ratio": {}, "layer_flop_ratio": {}, "layer_memory_ratio": {}, "layer_kernel": {}}
     for row in layer["rows"]:
         tokens = int(row["shape"].split("x")[1])
-        chosen = resolve_kernel(kernel, True, tokens, tokens)
+        chosen = kernel_preferences(kernel, True, tokens, tokens)[0]
         if row["layer"] != f"ours ({chosen})" or "ratio" not in row:
             continue
         key = f"dk{row['key_dim']}_{tokens}"

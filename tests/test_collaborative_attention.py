@@ -7,13 +7,9 @@ import torch
 import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 
+import collab_fairseq.modules.collab_projections as projections
 from collab_fairseq.modules import CollaborativeMultiheadAttention
-from collab_fairseq.modules.attention_kernels import (
-    KERNEL_NAMES,
-    LONG_SEQUENCE,
-    fallback_kernel,
-    resolve_kernel,
-)
+from collab_fairseq.modules.attention_kernels import KERNEL_NAMES, LONG_SEQUENCE, kernel_preferences, per_head_queries
 from collab_fairseq.reparam import copy_from_multihead_attention
 from tests.helpers import REPO
 
@@ -175,22 +171,18 @@ def test_decoding_appends_dense_pieces_to_the_cache(monkeypatch, mode, q_noise):
     assert (torch.cat(steps) - full).abs().max() <= TOL
 
 
-def test_incremental_cross_attention_computes_static_keys_once():
+def test_incremental_cross_attention_computes_static_keys_once(monkeypatch):
     layer = _random_layer("cross")
     query, key, padding = _inputs("cross", tgt_len=5)
     full, _ = layer(query, key, key, key_padding_mask=padding, static_kv=True)
     calls = []
-    fused_linear, stacked_linear = layer._fused_linear, layer._stacked_linear
+    stacked_linear = projections.stacked_linear
 
-    def counting(x, projections, *rest):
-        calls.extend(1 for p in projections if p is layer.k_proj)
-        return fused_linear(x, projections, *rest)
-
-    def counting_stacked(x, groups, *rest):  # decoding with the content bias folded into the keys
+    def counting_stacked(x, groups, *rest):  # every fused projection, the folded decoding's included
         calls.extend(1 for group in groups for p in group if p is layer.k_proj)
         return stacked_linear(x, groups, *rest)
 
-    layer._fused_linear, layer._stacked_linear = counting, counting_stacked
+    monkeypatch.setattr(projections, "stacked_linear", counting_stacked)
     state = {}
     steps = [
         layer(query[t : t + 1], key, key, key_padding_mask=padding, incremental_state=state, static_kv=True)[0]
@@ -231,7 +223,8 @@ def test_key_query_shapes_and_shared_parameters():
 def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
     layer = _random_layer("self", key_dim=12)
     fused = torch.randn(tgt_len, 3, 12 + 12 + EMBED + HEADS)  # T x B x outputs of the fused projection
-    queries = layer._head_queries(fused[..., :12])  # the strided q slice, as in forward
+    # the strided q slice, as in forward, made each head's by the bmm kernel
+    queries = per_head_queries(layer._head_queries(fused[..., :12]), *layer._kernel_mixing(torch.float32, None))
     assert queries.shape == (3, HEADS, tgt_len, 12)
     gemm_input = queries.reshape(3, HEADS * tgt_len, 12)  # what attention_scores hands to bmm
     assert gemm_input.data_ptr() == queries.data_ptr()  # a view, not a copy of all heads' queries
@@ -250,7 +243,7 @@ def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
         (dict(key_dim=8, mixing_init="zeros"), "unknown mixing init"),
         (
             dict(key_dim=8, kernel="cudnn"),
-            "unknown attention kernel 'cudnn'; choose one of auto, bmm, sdpa, folded, flash, fused, mixgemm$",
+            "unknown attention kernel 'cudnn'; choose one of auto, bmm, mixgemm, fused, folded, sdpa, flash$",
         ),
     ],
 )
@@ -312,16 +305,15 @@ def test_folded_kernel_reads_causal_and_other_attention_masks(mask_kind):
 def test_auto_kernel_is_bmm_on_the_cpu_and_picks_by_length_on_cuda():
     """``auto`` (the default) keeps the CPU on the reference kernel, bit for bit; on CUDA it takes mixgemm at MT
     lengths and for every decoding step, fused from LONG_SEQUENCE keys; where fused cannot run, auto falls back to
-    folded (linear memory), an explicit kernel to bmm."""
-    assert [resolve_kernel("auto", False, t, s) for t, s in [(30, 30), (4096, 4096), (1, 4096)]] == ["bmm"] * 3
-    assert resolve_kernel("auto", True, 30, 30) == resolve_kernel("auto", True, 1, 4096) == "mixgemm"
-    assert resolve_kernel("auto", True, 30, LONG_SEQUENCE - 1) == "mixgemm"
+    folded (linear memory), an explicit kernel to bmm (also where mixgemm or fused meet concatenated heads)."""
+    assert all(kernel_preferences("auto", False, t, s) == ["bmm"] for t, s in [(30, 30), (4096, 4096), (1, 4096)])
+    assert kernel_preferences("auto", True, 30, 30) == kernel_preferences("auto", True, 1, 4096) == ["mixgemm", "bmm"]
+    assert kernel_preferences("auto", True, 30, LONG_SEQUENCE - 1) == ["mixgemm", "bmm"]
     long = [(2, LONG_SEQUENCE), (1024, 1024), (4096, 4096), (16384, 16384)]
-    assert [resolve_kernel("auto", True, t, s) for t, s in long] == ["fused"] * 4
-    assert all(resolve_kernel(k, on_cuda, 30, 30) == k for k in KERNEL_NAMES[1:] for on_cuda in (False, True))
-    assert fallback_kernel("auto", "fused") == "folded" and fallback_kernel("fused", "fused") == "bmm"
-    assert fallback_kernel("auto", "mixgemm") == fallback_kernel("mixgemm", "mixgemm") == "bmm"  # concatenated heads
-    assert [fallback_kernel("auto", k) for k in ("bmm", "sdpa", "folded")] == ["bmm", "sdpa", "folded"]
+    assert all(kernel_preferences("auto", True, t, s) == ["fused", "folded"] for t, s in long)
+    for kernel in KERNEL_NAMES[2:]:
+        assert all(kernel_preferences(kernel, cuda, 30, 30) == [kernel, "bmm"] for cuda in (False, True))
+    assert kernel_preferences("bmm", True, 4096, 4096) == ["bmm"]
     auto, bmm = _outputs_of("auto", "bmm")
     assert torch.equal(auto, bmm)
 
@@ -343,11 +335,12 @@ def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
     import collab_fairseq.modules.attention_kernels as kernels
     import collab_fairseq.modules.collaborative_attention as attention
 
-    monkeypatch.setattr(attention, "resolve_kernel", lambda *args: "fused")
-    monkeypatch.setitem(kernels.SHARED_QUERY_KERNELS, "fused", lambda *args, **kwargs: None)  # "cannot run these"
+    preferences = kernels.kernel_preferences
+    monkeypatch.setattr(attention, "kernel_preferences", lambda k, *args: preferences(k, True, 4096, 4096))
+    monkeypatch.setitem(kernels.KERNELS, "fused", lambda *args, **kwargs: None)  # "cannot run these"
     calls = []
     folded = kernels.KERNELS["folded"]
-    monkeypatch.setitem(kernels.KERNELS, "folded", lambda *args: calls.append(1) or folded(*args))
+    monkeypatch.setitem(kernels.KERNELS, "folded", lambda *args, **kw: calls.append(1) or folded(*args, **kw))
     auto, bmm = _outputs_of("auto", "bmm")
     assert calls == [1]  # auto's fused fell back to folded; an explicit kernel's to bmm
     assert (auto - bmm).abs().max() <= TOL
@@ -443,6 +436,6 @@ def test_flash_kernel_gives_torch_one_width_for_queries_keys_and_values(monkeypa
         torch.randn(2, 3, 6, 20, generator=g),
     )
     bias, pad = torch.randn(2, 3, 6, generator=g), torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
-    folded, flash = (kernels.KERNELS[name](q, k, v, bias, pad, None, 0.0) for name in ("folded", "flash"))
+    folded, flash = (kernels.KERNELS[name](q, None, k, v, bias, pad, None, 0.0) for name in ("folded", "flash"))
     assert widths[2:] == [(8, 8, 20), (24, 24, 24)] and flash.shape == folded.shape == (2, 3, 5, 20)
     assert (flash - folded).abs().max() <= TOL

@@ -73,14 +73,9 @@ class CollabAttentionConfig(FairseqDataclass):
     collab_attention_kernel: ChoiceEnum(KERNEL_NAMES) = field(
         default="auto",
         metadata={
-            "help": "how collaborative heads compute attention when no weights are returned: auto (bmm on the "
-            "CPU; on CUDA mixgemm, fused from 512 keys), bmm (one GEMM of all heads' queries "
-            "against the shared keys, then softmax), sdpa (torch's fused attention, the content bias and padding as "
-            "a mask), folded (fused attention with no mask: content bias and padding folded into extra key dims), "
-            "flash (folded with queries, keys and values padded to one width, so that torch's flash attention runs), "
-            "fused (one Triton kernel, forward and backward, that writes neither per-head queries nor scores; CUDA "
-            "only, elsewhere bmm), mixgemm (bmm with the per-head queries made by one GEMM with the mixing matrix, "
-            "token-major scores); the same function, results/performance.md times them"
+            "help": "how collaborative heads compute attention when no weights are returned (the same function "
+            "either way): auto (picks by device and length), or one of bmm, mixgemm, fused, folded, sdpa, flash; "
+            "what each is for, and which auto takes: collab_fairseq/modules/attention_kernels.py"
         },
     )
 

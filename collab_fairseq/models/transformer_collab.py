@@ -25,6 +25,7 @@ from collab_fairseq.modules import (
     TransformerCollabDecoderLayer,
     TransformerCollabEncoderLayer,
 )
+from collab_fairseq.modules.attention_kernels import mark_future_mask
 from collab_fairseq.needs_user_dir import TransformerCollabArgs, mark_collab_args
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ class TransformerCollabDecoder(TransformerDecoderBase):
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         collab = _layer_options(self, ["decoder_self", "encoder_decoder"])
         return _wrap_layer(TransformerCollabDecoderLayer(cfg, no_encoder_attn, collab=collab), cfg)
+
+    def buffered_future_mask(self, tensor):
+        """fairseq's future mask, tagged as such: the kernels that take it as ``is_causal`` need not read its values
+        (a host sync on the GPU)."""
+        return mark_future_mask(super().buffered_future_mask(tensor))
 
 
 @register_model("transformer_collab")

@@ -38,7 +38,6 @@ import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import MultiheadAttention
 from fairseq.modules.fairseq_dropout import FairseqDropout
@@ -46,16 +45,15 @@ from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 from collab_fairseq.modules.attention_kernels import (
-    FOLDED_PADDING_KEY,
     KERNEL_NAMES,
-    KERNELS,
-    SHARED_QUERY_KERNELS,
+    attend,
     attention_scores,
     explicit_attention,
-    fallback_kernel,
-    resolve_kernel,
+    kernel_preferences,
+    per_head_queries,
     score_bias,
 )
+from collab_fairseq.modules.collab_projections import fold_padding, folded_mixing, kept, project, project_folded
 
 MODES = ("collaborative", "concatenate")
 MIXING_INITS = ("concatenate", "normal", "xavier")
@@ -126,8 +124,11 @@ class CollaborativeMultiheadAttention(nn.Module):
             keeps its M.
         content_bias: keep the per-head key-dependent bias c(y) = y W_C (collaborative mode only).
         kernel: how attention is computed when no weights are returned, a name of
-            :data:`collab_fairseq.modules.attention_kernels.KERNEL_NAMES` (the same function either way;
-            ``fused`` runs where Triton can, on CUDA, and is ``bmm`` elsewhere).
+            :data:`collab_fairseq.modules.attention_kernels.KERNEL_NAMES` (the same function either way).
+
+    The forward is a pipeline: project (collab_projections.py) -> cache -> kernel (attention_kernels.py, tried in the
+    order of ``kernel_preferences``) -> output projection. The module holds the parameters (M = scale * P), the
+    cache and the choice of kernel.
     """
 
     def __init__(
@@ -238,19 +239,12 @@ class CollaborativeMultiheadAttention(nn.Module):
     def prepare_for_onnx_export_(self):
         self.onnx_trace = True
 
-    # ------------------------------------------------------------------ projections
-    def _fused_linear(self, x: Tensor, projections, constants: Optional[Dict[str, Any]] = None):
-        """Apply several Linear layers that read the same input with one GEMM; returns their outputs.
-        ``constants``: the decoding run's (:meth:`_decoding_constants`), which keeps the stacked weight."""
-        if not self.fuse_projections or len(projections) == 1:
-            return tuple(proj(x) for proj in projections)
-        return self._stacked_linear(x, [[proj] for proj in projections], constants)
-
+    # ------------------------------------------------------------------ the kernels' inputs
     def _decoding_constants(self, incremental_state) -> Optional[Dict[str, Any]]:
-        """What every step of one incremental decoding run recomputes from the weights alone (the fused projection
-        weight, the scaled mixing matrix), kept in the run's ``incremental_state`` beside the cache, so that a
-        step does not dispatch those operators again; the weights cannot change within a run. None (compute
-        them) outside incremental decoding and with gradients on."""
+        """What every step of one incremental decoding run recomputes from the weights alone (the stacked projection
+        weights, the scaled mixing), kept in the run's ``incremental_state`` beside the cache, so that a step does not
+        dispatch those operators again; the weights cannot change within a run. None (compute them) outside
+        incremental decoding and with gradients on."""
         if incremental_state is None or torch.is_grad_enabled():
             return None
         constants = self.get_incremental_state(incremental_state, "constants")
@@ -259,46 +253,10 @@ class CollaborativeMultiheadAttention(nn.Module):
             self.set_incremental_state(incremental_state, "constants", constants)
         return constants
 
-    @staticmethod
-    def _kept(constants, key: str, make):
-        """``make()``, made once per decoding run and kept under ``key`` in its ``constants``; made at every call
-        without them (training, validation: autograd must see it)."""
-        if constants is None:
-            return make()
-        if key not in constants:
-            constants[key] = make()
-        return constants[key]
-
-    def _key_projections(self):
-        return [self.k_proj, self.v_proj] + ([self.content_bias] if self.content_bias is not None else [])
-
-    def _project(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor], constants=None):
-        """q: T x B x D_k; k: B x S x D_k; content bias: B x H x S (or None); v: B x H x S x d_v (None if no key).
-        ``constants``: a decoding run's (:meth:`_decoding_constants`), or None."""
-        kv_proj = self._key_projections()
-        if key is None:
-            (q,) = self._fused_linear(query, [self.q_proj])
-            return q, None, None, None
-        if key is query and value is query:
-            q, k, v, *c = self._fused_linear(query, [self.q_proj] + kv_proj, constants)
-        else:
-            (q,) = self._fused_linear(query, [self.q_proj])
-            if value is key:
-                k, v, *c = self._fused_linear(key, kv_proj, constants)
-            else:
-                k, *c = self._fused_linear(key, [p for p in kv_proj if p is not self.v_proj], constants)
-                v = self.v_proj(value)
-        k, v = k.transpose(0, 1), self._head_values(v)
-        # a strided view of the fused output: the kernels add it to the scores or mask it (a new tensor either way),
-        # and the fused kernel makes its own dense copy
-        content_bias = c[0].permute(1, 2, 0) if c else None
-        return q, k, content_bias, v
-
-    # ------------------------------------------------------------------ decoding with the content bias in the keys
     def _folds_content_bias(self, incremental_state, key, value, static_kv: bool) -> bool:
-        """Whether this call decodes with the content bias folded into the keys (:meth:`_project_folded`): collaborative
-        heads with a content bias, fused projections, in fairseq's two incremental cases (self-attention, and
-        encoder-decoder attention over static keys that are also the values)."""
+        """Whether this call decodes with the content bias folded into the keys (collab_projections.project_folded):
+        collaborative heads with a content bias and fused projections, in fairseq's two incremental cases
+        (self-attention; encoder-decoder attention over static keys that are also the values)."""
         return (
             incremental_state is not None
             and self.collaborative
@@ -307,115 +265,66 @@ class CollaborativeMultiheadAttention(nn.Module):
             and (self.self_attention or (static_kv and key is value))
         )
 
-    def _project_folded(self, query: Tensor, key: Optional[Tensor], constants):
-        """The projections of a decoding step with the content bias folded into the keys:
-        q': T x B x (D_k + H) = [q | 1 ... 1]; k': B x S x (D_k + H) = [k | c]; v: B x H x S x d_v (k', v None
-        without a key). Head h's query under :meth:`_folded_mixing` is [s q m_h | e_h], so q'_h . k' =
-        s q m_h . k + c_h(y): the content bias needs no cache entry, reorder or score addition of its own, and
-        one GEMM gives every piece as a view (:meth:`_stacked_linear`)."""
-        query_group = [self.q_proj, "ones"]
-        key_groups = [[self.k_proj, self.content_bias], [self.v_proj]]
-        if key is None:
-            (q,) = self._stacked_linear(query, [query_group], constants)
-            return q, None, None
-        if key is query:
-            q, k, v = self._stacked_linear(query, [query_group, *key_groups], constants)
+    def _kernel_inputs(self, query, key, value, key_padding_mask, incremental_state, static_kv):
+        """Project (or read from the cache) what the kernels take, in attention_kernels' contract: (queries
+        B x Hq x T x d, mixing H x d or None, keys B x Hk x S x d, values B x H x S x d_v, content bias B x H x S or
+        None, key padding mask B x S or None), and the mixing's scale."""
+        saved_state = None
+        if incremental_state is not None:
+            saved_state = self._get_input_buffer(incremental_state)
+            if "prev_key" in saved_state and static_kv:  # encoder keys/values were cached at the first step
+                assert self.encoder_decoder_attention and not self.self_attention
+                key = value = None
+        if self.self_attention:
+            key = value = query
+        constants = self._decoding_constants(incremental_state)
+        weights = (self.q_proj, self.k_proj, self.v_proj, self.content_bias, self.num_heads)
+        if self._folds_content_bias(incremental_state, key, value, static_kv):
+            q, k, v = project_folded(query, key, *weights, constants)
+            content_bias, mixing, scale = None, folded_mixing(self._scaled_mixing(q.dtype, constants), constants), 1.0
+            if static_kv:  # encoder keys: their padding goes into the cached keys once; no mask after that
+                if k is not None and key_padding_mask is not None:
+                    k = fold_padding(k, key_padding_mask, self.key_dim)
+                key_padding_mask = None
         else:
-            (q,) = self._stacked_linear(query, [query_group], constants)
-            k, v = self._stacked_linear(key, key_groups, constants)
-        return q, k.transpose(0, 1), self._head_values(v)
+            q, k, content_bias, v = project(query, key, value, *weights, self.fuse_projections, constants)
+            mixing, scale = self._kernel_mixing(q.dtype, constants)
+        if saved_state is not None:
+            k, content_bias, v, key_padding_mask = self._update_cache(
+                incremental_state, saved_state, k, content_bias, v, key_padding_mask, query.size(1), static_kv
+            )
+        if key_padding_mask is not None and key_padding_mask.dim() == 0:
+            key_padding_mask = None
+        return (self._head_queries(q), mixing, self._head_keys(k), v, content_bias, key_padding_mask), scale
 
-    def _head_values(self, v: Tensor) -> Tensor:
-        """S x B x C -> B x H x S x d_v (a view)."""
-        src_len, bsz, _ = v.shape
-        return v.view(src_len, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
-
-    def _stacked_linear(self, x: Tensor, groups, constants) -> Tuple[Tensor, ...]:
-        """One GEMM for groups of projections of ``x``: one view per group, its projections' outputs side by side
-        (``"ones"``: H outputs equal to 1, from zero weights and a bias of 1). Zero rows after a group make the
-        next one start at a multiple of 8 outputs (16-byte aligned slices, as fp16 GEMMs and fused attention
-        kernels need), and make the total one. The stacked weight is made once per decoding run
-        (``constants``), else at every call, for autograd to see."""
-        sizes = [sum(self.num_heads if isinstance(p, str) else p.weight.size(0) for p in group) for group in groups]
-        pads = [-size % 8 for size in sizes]
-        key = "stacked_" + "_".join(p if isinstance(p, str) else str(id(p)) for group in groups for p in group)
-        weight, bias = self._kept(constants, key, lambda: self._stacked_weight_and_bias(groups, pads, x.size(-1)))
-        widths, is_group = [], []
-        for size, pad in zip(sizes, pads):
-            widths += [size] + ([pad] if pad else [])
-            is_group += [True] + ([False] if pad else [])
-        # one split, not slices: its backward is one concatenation (a slice's writes a zero tensor of the full width)
-        pieces = F.linear(x, weight, bias).split(widths, dim=-1)
-        return tuple(piece for piece, group in zip(pieces, is_group) if group)
-
-    def _stacked_weight_and_bias(self, groups, pads, width) -> Tuple[Tensor, Optional[Tensor]]:
-        """The weight and bias :meth:`_stacked_linear` multiplies by: rows in the groups' order, zero rows for
-        the padding, zero bias for projections without one (bias None if none has one)."""
-        like, heads = self.q_proj.weight, self.num_heads
-        weights, biases, size = [], [], 0  # biases: (first row, rows, bias) of the projections that have one
-        for group, pad in zip(groups, pads):
-            for p in group:
-                ones = isinstance(p, str)
-                n = heads if ones else p.weight.size(0)
-                weights.append(like.new_zeros(n, width) if ones else p.weight)
-                if ones or p.bias is not None:
-                    biases.append((size, n, like.new_ones(n) if ones else p.bias))
-                size = size + n  # not +=: while tracing, sizes are tensors, and += would move every start above
-            if pad:
-                weights.append(like.new_zeros(pad, width))
-                size = size + pad
-        weight = torch.cat(weights)
-        if not biases:
-            return weight, None
-        if len(biases) == 1:  # collaborative heads in training: only the values' projection has a bias; one op
-            start, n, bias = biases[0]
-            return weight, F.pad(bias, (start, size - start - n))
-        parts, end = [], 0
-        for start, n, bias in biases:
-            parts += ([like.new_zeros(start - end)] if start > end else []) + [bias]
-            end = start + n
-        return weight, torch.cat(parts + ([like.new_zeros(size - end)] if size > end else []))
-
-    def _folded_mixing(self, dtype, constants) -> Tensor:
-        """[s M | I_H] (H x (D_k + H)): head h's query from [q | 1 ... 1] is [s q m_h | e_h] (kept in ``constants``)."""
-
-        def make():
-            scaled = self._scaled_mixing(dtype)
-            return torch.cat([scaled, torch.eye(self.num_heads, dtype=dtype, device=scaled.device)], dim=1)
-
-        return self._kept(constants, f"folded_mixing_{dtype}", make)
-
-    @staticmethod
-    def _fold_padding(keys: Tensor, key_padding_mask: Tensor, key_dim: int) -> Tensor:
-        """[k | c] with c = FOLDED_PADDING_KEY at padded keys (B x S x (D_k + H)): the padding folded in too."""
-        padding = key_padding_mask.to(torch.bool)[:, :, None]
-        return torch.cat([keys[..., :key_dim], keys[..., key_dim:].masked_fill(padding, FOLDED_PADDING_KEY)], dim=-1)
-
-    def _head_queries(self, q: Tensor, dense: bool = True, constants=None, mixing: Optional[Tensor] = None) -> Tensor:
-        """T x B x D_k -> per-head queries times the scaling, B x H x T x d (d = D_k collaborative, D_k/H
-        concatenate); ``dense``: laid out B x H x T x d in memory (for callers that do not copy them anyway);
-        ``constants``: a decoding run's, or None; ``mixing``: in place of s M (the folded decoding's)."""
-        tgt_len, bsz, _ = q.shape
+    def _head_queries(self, q: Tensor) -> Tensor:
+        """T x B x D_k -> B x 1 x T x D_k, the shared queries (collaborative; a view), or B x H x T x D_k/H, each head's
+        queries times the scaling (concatenated heads)."""
         if self.collaborative:
-            # B x 1 x T x D_k times 1 x H x 1 x D_k: head h's re-weighting of the shared query (the scaling folded
-            # into M, an H x D_k product), laid out for the GEMM. With T > 1 the shared query is made contiguous
-            # first (B x T x D_k): the product then comes out B x H x T x D_k in memory; from the strided T x B
-            # slice it would come out T-major and the GEMM's reshape would copy all H heads' queries again.
-            # (One decoding step, T = 1, needs no copy.)
-            shared = q.transpose(0, 1)
-            if dense and tgt_len > 1:
-                shared = shared.contiguous()
-            if mixing is None:
-                mixing = self._scaled_mixing(q.dtype, constants)
-            return shared.unsqueeze(1) * mixing[None, :, None, :]
+            return q.transpose(0, 1).unsqueeze(1)
+        tgt_len, bsz, _ = q.shape
         return (q * self.scaling).view(tgt_len, bsz, self.num_heads, -1).permute(1, 2, 0, 3)
 
     def _head_keys(self, k: Tensor) -> Tensor:
-        """Shared keys B x S x D_k -> B x H' x S x d (H' = 1, a broadcast view, when collaborative)."""
+        """Shared keys B x S x D_k -> B x H' x S x d (H' = 1, a view, when collaborative)."""
         if self.collaborative:
             return k.unsqueeze(1)
         bsz, src_len, _ = k.shape
         return k.view(bsz, src_len, self.num_heads, -1).transpose(1, 2)
+
+    def _scaled_mixing(self, dtype, constants: Optional[Dict[str, Any]] = None) -> Tensor:
+        """M times the attention scaling (H x D_k), kept in a decoding run's ``constants``."""
+        return kept(constants, f"scaled_mixing_{dtype}", lambda: (self.mixing_matrix() * self.scaling).to(dtype))
+
+    def _kernel_mixing(self, dtype, constants) -> Tuple[Optional[Tensor], float]:
+        """(mixing, scale) with mixing * scale = M times the attention scaling (None for concatenated heads): in a
+        decoding run the kept product and 1, else the stored parameter and the factor, which a kernel folds into a
+        product it makes anyway (one operator less forward and backward per layer while training)."""
+        if not self.collaborative:
+            return None, 1.0
+        if constants is not None:
+            return self._scaled_mixing(dtype, constants), 1.0
+        return self.mixing.to(dtype), self.scaling * self._storage_scale()
 
     def _dropout_p(self) -> float:
         apply = self.training or self.dropout_module.apply_during_inference
@@ -445,102 +354,21 @@ class CollaborativeMultiheadAttention(nn.Module):
             attn: T x B x C; weights: B x T x S averaged over heads, H x B x T x S with
             need_head_weights, or None. With before_softmax: (scores (B*H) x T x S, values (B*H) x S x d_v).
         """
-        if need_head_weights:
-            need_weights = True
         tgt_len, bsz, embed_dim = query.size()
         assert embed_dim == self.embed_dim, f"query dim {embed_dim} != {self.embed_dim}"
-
-        saved_state = None
-        if incremental_state is not None:
-            saved_state = self._get_input_buffer(incremental_state)
-            if saved_state is not None and "prev_key" in saved_state and static_kv:
-                # encoder keys/values were cached at the first step; do not recompute them
-                assert self.encoder_decoder_attention and not self.self_attention
-                key = value = None
-
-        if self.self_attention:
-            key = value = query
-        constants = self._decoding_constants(incremental_state)
-        mixing = None  # the per-head query mixing, if not the layer's s M
-        if self._folds_content_bias(incremental_state, key, value, static_kv):
-            q, k, v = self._project_folded(query, key, constants)
-            content_bias, mixing = None, self._folded_mixing(q.dtype, constants)
-            if static_kv:  # encoder keys: their padding goes into the cached keys once; no mask after that
-                if k is not None and key_padding_mask is not None:
-                    k = self._fold_padding(k, key_padding_mask, self.key_dim)
-                key_padding_mask = None
-        else:
-            q, k, content_bias, v = self._project(query, key, value, constants)
-
-        if saved_state is not None:
-            k, content_bias, v, key_padding_mask = self._update_cache(
-                incremental_state, saved_state, k, content_bias, v, key_padding_mask, bsz, static_kv
-            )
-        assert k is not None and v is not None
-        src_len = k.size(1)
-        if key_padding_mask is not None and key_padding_mask.dim() == 0:
-            key_padding_mask = None
-
+        inputs, scale = self._kernel_inputs(query, key, value, key_padding_mask, incremental_state, static_kv)
+        q, mixing, k, v, content_bias, key_padding_mask = inputs
         if before_softmax:
             bias = score_bias(content_bias, key_padding_mask, attn_mask, q.dtype)
-            scores = attention_scores(
-                self._head_queries(q, constants=constants, mixing=mixing), self._head_keys(k), bias
-            )
-            return scores.reshape(bsz * self.num_heads, tgt_len, src_len), v.reshape(bsz * self.num_heads, src_len, -1)
-        if not need_weights:
-            kernel_name = resolve_kernel(self.kernel, q.is_cuda, tgt_len, src_len)
-            if kernel_name in SHARED_QUERY_KERNELS and self.collaborative:
-                kernel_mixing, mixing_scale = self._kernel_mixing(q.dtype, constants, mixing)
-                attn = SHARED_QUERY_KERNELS[kernel_name](
-                    q.transpose(0, 1), kernel_mixing, k, v, content_bias, key_padding_mask, attn_mask,
-                    self._dropout_p(), mixing_scale=mixing_scale,
-                )  # fmt: skip
-                if attn is not None:  # None: the kernel cannot run these inputs; a kernel below can
-                    return self._output(attn, tgt_len, bsz), None
-            kernel_name = fallback_kernel(self.kernel, kernel_name)
-            kernel = KERNELS[kernel_name]
-            dense = kernel_name not in ("folded", "flash")  # these copy the queries anyway
-            attn = kernel(
-                self._head_queries(q, dense=dense, constants=constants, mixing=mixing),
-                self._head_keys(k),
-                v,
-                content_bias,
-                key_padding_mask,
-                attn_mask,
-                self._dropout_p(),
-            )
-            return self._output(attn, tgt_len, bsz), None
-
-        attn, probs = explicit_attention(
-            self._head_queries(q, constants=constants, mixing=mixing),
-            self._head_keys(k),
-            v,
-            content_bias,
-            key_padding_mask,
-            attn_mask,
-            self._dropout_p(),
-            onnx_trace=self.onnx_trace,
-        )
+            scores = attention_scores(per_head_queries(q, mixing, scale), k, bias)
+            return scores.reshape(bsz * self.num_heads, tgt_len, -1), v.reshape(bsz * self.num_heads, k.size(2), -1)
+        inputs = (*inputs, attn_mask, self._dropout_p())
+        if not (need_weights or need_head_weights):
+            kernels = kernel_preferences(self.kernel, q.is_cuda, tgt_len, k.size(2))
+            return self._output(attend(kernels, *inputs, mixing_scale=scale), tgt_len, bsz), None
+        attn, probs = explicit_attention(*inputs, mixing_scale=scale, onnx_trace=self.onnx_trace)
         weights = probs.type_as(attn).transpose(0, 1)  # H x B x T x S
-        if not need_head_weights:
-            weights = weights.mean(dim=0)
-        return self._output(attn, tgt_len, bsz), weights
-
-    def _scaled_mixing(self, dtype, constants: Optional[Dict[str, Any]] = None) -> Tensor:
-        """M times the attention scaling (H x D_k): row h turns a shared query into head h's query
-        (kept in ``constants``, a decoding run's, if given)."""
-        return self._kept(constants, f"scaled_mixing_{dtype}", lambda: (self.mixing_matrix() * self.scaling).to(dtype))
-
-    def _kernel_mixing(self, dtype, constants, mixing: Optional[Tensor] = None) -> Tuple[Tensor, float]:
-        """(mixing, scale) for the shared-query kernels, M times the attention scaling being mixing * scale: a
-        given ``mixing`` (the folded decoding's) or a decoding run's scaled mixing, and 1; else the stored parameter
-        and the factor, which the kernel folds into a product it makes anyway (one operator less forward and
-        backward per layer while training)."""
-        if mixing is not None:
-            return mixing, 1.0
-        if constants is not None:
-            return self._scaled_mixing(dtype, constants), 1.0
-        return self.mixing.to(dtype), self.scaling * self._storage_scale()
+        return self._output(attn, tgt_len, bsz), weights if need_head_weights else weights.mean(dim=0)
 
     def _output(self, attn: Tensor, tgt_len: int, bsz: int) -> Tensor:
         """B x H x T x d_v -> T x B x C through the output projection."""

@@ -6,8 +6,8 @@
 #   ARCH_FAMILY    iwslt_de_en | wmt_en_de | ...           HEADS      transformer | collab | concat
 #   KEY_DIM        D_k (collab/concat)                     ATTENTIONS encoder_self,decoder_self,encoder_decoder
 #   MIXING_INIT    concatenate | normal | xavier           SEED       random seed
-#   KERNEL         collaborative attention kernel (--collab-attention-kernel: auto | bmm | mixgemm | fused | sdpa |
-#                  folded | flash; unset: the model's default, auto)
+#   KERNEL         --collab-attention-kernel (unset: the model's default, auto; the kernels:
+#                  collab_fairseq/modules/attention_kernels.py)
 #   MAX_UPDATE, LR, WARMUP, DROPOUT, WEIGHT_DECAY, CLIP_NORM
 #   PATIENCE       train to convergence: stop once N validations in a row did not improve the validation loss
 #                  (fairseq's --patience; MAX_UPDATE stays the cap)
