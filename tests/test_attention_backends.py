@@ -49,3 +49,15 @@ def test_bad_value_names_the_variable_and_the_fix():
     proc = import_user_module("on", "yes")
     assert proc.returncode != 0
     assert f"{CUDNN_ATTENTION_ENV}='yes': use 0 to switch torch's cuDNN attention off" in proc.stderr
+
+
+def test_only_fairseqs_own_deprecation_warnings_are_silenced():
+    code = (
+        "import warnings, collab_fairseq\n"
+        "warnings.warn('hydra.experimental.compose() is no longer experimental. Use hydra.compose()', UserWarning)\n"
+        "warnings.warn('`torch.cuda.amp.autocast(args...)` is deprecated. Please use ...', FutureWarning)\n"
+        "warnings.warn('a warning of the user', UserWarning)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "a warning of the user" in proc.stderr
+    assert "no longer experimental" not in proc.stderr and "torch.cuda.amp" not in proc.stderr

@@ -201,6 +201,11 @@ def test_fairseq_cli_processes_train_and_name_the_user_dir_a_checkpoint_needs(co
     out = run_cli("generate", bin_dir, "--path", tmp_path / "checkpoint_last.pt", check=False)
     assert out.returncode != 0
     assert "collab_fairseq.needs_user_dir.TransformerCollabArgs" in out.stdout
+    out = run_cli("generate", bin_dir, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt")
+    assert "Generate test with beam=5" in out.stdout
+    # fairseq's own deprecated calls into hydra and torch (fairseq_warnings.py) print nothing
+    for deprecation in ("is no longer experimental", "version_base", "package header", "strict flag", "torch.cuda.amp"):
+        assert deprecation not in out.stdout, deprecation
 
 
 def test_hydra_train_with_shipped_config(copy_data, tmp_path):

@@ -147,9 +147,10 @@ def table(rows, code_column: bool = False):
         groups[(r.get("heads", "?"), r.get("key_dim", 0), r.get("tag", ""))].append(r)
     order = {"transformer": 0, "concat": 1, "collab": 2}
     lines = [
+        # no words/s column: a sweep's runs share GPUs, so their speeds compare nothing (results/performance/ does)
         "| heads | D_k | tag | seeds | test BLEU mean (range) | best valid loss | attention params | total params "
-        "| train words/s | updates |" + (" code |" if code_column else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if code_column else ""),
+        "| updates |" + (" code |" if code_column else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if code_column else ""),
     ]
     for (heads, key_dim, tag), rs in sorted(
         groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2])
@@ -164,7 +165,6 @@ def table(rows, code_column: bool = False):
             _fmt([r["best_valid_loss"] for r in rs], 3),
             _int(first["attention_params"]),
             _int(first["params"]),
-            _fmt([r["wps"] for r in rs], 0),
             _updates(rs),
         ]
         if code_column:
