@@ -33,7 +33,9 @@ fi
 
 mkdir -p "$RUN"
 if [[ ! -f "$RUN/.trained" ]]; then
-  [[ -s "$RUN/checkpoint_last.pt" ]] && echo "[quickstart] resuming $RUN from its last checkpoint" >&2
+  [[ -s "$RUN/checkpoint_last.pt" ]] &&
+    echo "[quickstart] resuming $RUN from its last checkpoint (the model continues as if never stopped;" \
+      "the printed loss averages restart there)" >&2
   echo "[quickstart] training transformer_collab (D_k=$KEY_DIM, 2+2 layers, 128 dims) for $UPDATES updates on CPU" >&2
   # progress: a Python filter reads fairseq's log line by line (Debian's awk, mawk, reads a pipe in blocks and would
   # print nothing until the end)

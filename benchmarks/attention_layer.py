@@ -28,8 +28,6 @@ from torch import Tensor
 from collab_fairseq.attention_backends import default_cudnn_attention
 from collab_fairseq.modules import CollaborativeMultiheadAttention
 
-default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
-
 EMBED, HEADS = 512, 8
 
 
@@ -120,6 +118,7 @@ def cache_bytes(layer, steps=10, bsz=4):
 
 
 def main():
+    default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="256x32,64x128,16x512", help="SENTENCESxTOKENS, comma-separated")
     p.add_argument("--key-dims", default="512,256,128,64")

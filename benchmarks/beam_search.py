@@ -33,8 +33,6 @@ import time
 
 from collab_fairseq.attention_backends import default_cudnn_attention
 
-default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
-
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 USER_DIR = os.path.join(BENCHMARKS, "..", "collab_fairseq")
 TRAIN = (
@@ -141,6 +139,7 @@ def generation_speeds(output):
 
 
 def main():
+    default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")

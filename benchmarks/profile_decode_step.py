@@ -36,6 +36,8 @@ from profile_training_step import (
     wall_ratios,
 )
 
+from collab_fairseq.attention_backends import default_cudnn_attention
+
 
 def prepare_config(name, flags, data_dir, args, device):
     """(row, model, encoder_out, order, hypotheses, eos): the model built (fp16 on a GPU), its encoder run once."""
@@ -108,6 +110,7 @@ def measure_length(prepared, length, args, device):
 
 
 def main():
+    default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
     p = step_parser(__doc__, sentences=128, top=12)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--source-tokens", type=int, default=15, help="source sentence length (Multi30k: ~13)")

@@ -38,8 +38,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from collab_fairseq.attention_backends import default_cudnn_attention
 
-default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
-
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
 USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report them
@@ -269,6 +267,7 @@ def for_each_config(args, measure, summary=None):
 
 
 def main():
+    default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
     p = step_parser(__doc__, sentences=128, top=12)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=5)

@@ -27,8 +27,6 @@ import time
 from collab_fairseq.attention_backends import default_cudnn_attention
 from collab_fairseq.files import write_text_atomically
 
-default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
-
 COMMON = (
     "--share-all-embeddings --optimizer adam --adam-betas (0.9,0.98) --lr 7e-4 --lr-scheduler inverse_sqrt "
     "--warmup-updates 4000 --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1 "
@@ -70,6 +68,7 @@ def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
 
 
 def main():
+    default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data")
     parser.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")

@@ -65,7 +65,7 @@ def test_fairseq_interactive_translates_raw_text_with_the_sentencepiece_flags(sp
     run, bin_dir, model = spm_run
     flags = INTERACTIVE.replace("--source-lang en --target-lang de", "--source-lang src --target-lang tgt")
     flags = flags.replace("work/multi30k_en_de/spm/spm.model", str(model))
-    out = fairseq_interactive(bin_dir, "--user-dir", USER_DIR, "--path", run / "checkpoint_best.pt", *flags.split(),
+    out = fairseq_interactive(bin_dir, "--user-dir", USER_DIR, "--path", run / "checkpoint_last.pt", *flags.split(),
                               "--beam", "4", stdin="\n".join(SENTENCES) + "\n")  # fmt: skip
     detokenized = [line.split("\t")[2] for line in out.splitlines() if line.startswith("D-")]
     assert detokenized == EXPECTED, out[-2000:]
@@ -77,7 +77,7 @@ def test_the_hub_interface_translates_raw_text(spm_run):
 
     run, bin_dir, model = spm_run
     translator = TransformerCollabModel.from_pretrained(
-        str(run), checkpoint_file="checkpoint_best.pt", data_name_or_path=str(bin_dir),
+        str(run), checkpoint_file="checkpoint_last.pt", data_name_or_path=str(bin_dir),
         bpe="sentencepiece", sentencepiece_model=str(model),
     )  # fmt: skip
     assert translator.translate(SENTENCES, beam=4) == EXPECTED
