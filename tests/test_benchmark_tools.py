@@ -2,19 +2,15 @@
 layer benchmark's agreement check, the beam-search benchmark's timed second pass."""
 
 import json
-import sys
 
+import attention_layer
+import beam_search
+import fp16_loss_scale
+import performance_summary
 import torch
+import train_throughput
 
 from collab_fairseq.modules import CollaborativeMultiheadAttention
-from tests.helpers import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import attention_layer  # noqa: E402
-import beam_search  # noqa: E402
-import fp16_loss_scale  # noqa: E402
-import performance_summary  # noqa: E402
-import train_throughput  # noqa: E402
 
 # the lines fairseq-train writes that the reader needs (arguments, overflow notes, train_inner, valid)
 LOG = """Namespace(..., fp16_init_scale=128, fp16_scale_window=None, min_loss_scale=0.0001, threshold_loss_scale=None)

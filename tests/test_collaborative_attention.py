@@ -1,20 +1,15 @@
 """Parity of CollaborativeMultiheadAttention with fairseq's MultiheadAttention, incremental decoding, beam reorder."""
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
+from step_flops import OperatorCounter  # benchmarks/: counts the operators a decoding step dispatches
 
 import collab_fairseq.modules.collab_projections as projections
 from collab_fairseq.modules import CollaborativeMultiheadAttention
 from collab_fairseq.modules.attention_kernels import KERNEL_NAMES, LONG_SEQUENCE, kernel_preferences, per_head_queries
 from collab_fairseq.reparam import copy_from_multihead_attention
-from tests.helpers import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from step_flops import OperatorCounter  # noqa: E402  (benchmarks/: counts the operators a decoding step dispatches)
 
 EMBED, HEADS = 32, 4
 TOL = 1e-5

@@ -14,15 +14,13 @@ import sys
 import time
 import types
 
+import multi_gpu
 import pytest
+import update_phases
+import wmt14_cost
 
 from tests.helpers import REPO
 from tests.test_recipes_end_to_end import TINY
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import multi_gpu  # noqa: E402
-import update_phases  # noqa: E402
-import wmt14_cost  # noqa: E402
 
 FAKE_TRAIN = """
 import os, time, torch.multiprocessing as mp

@@ -6,13 +6,11 @@ import statistics
 import subprocess
 import sys
 
+import profile_decode_step
+import profile_training_step
 import torch
 
 from tests.helpers import REPO, TINY_MODEL
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import profile_decode_step  # noqa: E402
-import profile_training_step  # noqa: E402
 
 
 def test_wall_time_is_timed_in_rounds_the_configurations_take_turns_in():

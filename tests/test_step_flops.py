@@ -6,18 +6,15 @@ layer: fairseq's heads 4 x 2E^2 (q, k, v, out) + 2 x 2ES (scores, values); colla
 projection to a multiple of 8) + 2HD_kS (every head scores over all D_k) + 2ES.
 """
 
-import sys
 import tempfile
 import types
 
+import decode_step_counts
 import pytest
+import step_flops
+from profile_training_step import op_differences, write_dict
 
-from tests.helpers import REPO, TINY_MODEL
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import decode_step_counts  # noqa: E402
-import step_flops  # noqa: E402
-from profile_training_step import op_differences, write_dict  # noqa: E402
+from tests.helpers import TINY_MODEL
 
 E, H, LAYERS, D_K, SENTENCES, TOKENS = 64, 4, 2 * 3, 32, 4, 8  # TINY_MODEL: 2+2 layers -> 6 attention layers
 
