@@ -256,3 +256,16 @@ def test_analyze_refuses_a_checkpoint_without_transformer_attention(transformer_
     torch.save(state, tmp_path / "lstm.pt")
     assert analyze.main([str(tmp_path / "lstm.pt")]) == 2
     assert "unsupported architecture 'lstm'" in capsys.readouterr().err
+
+
+def test_analyze_says_how_to_get_matplotlib_before_any_work(transformer_checkpoint, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
+    )
+    monkeypatch.setattr(analyze, "analyze", lambda path: pytest.fail("analysed before refusing"))
+    with pytest.raises(SystemExit) as exit_:
+        analyze.main([str(transformer_checkpoint), "--plot", str(tmp_path / "s.png")])
+    assert exit_.value.code == 2 and "--plot needs matplotlib: pip install matplotlib" in capsys.readouterr().err
