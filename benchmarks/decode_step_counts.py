@@ -16,7 +16,7 @@ inference mode; counts per hypothesis.
 import json
 
 import torch
-from profile_training_step import batches, build, for_each_config, step_parser
+from model_steps import batches, build, for_each_config, step_parser
 from step_flops import OperatorCounter, count_flops
 
 SELF_ATTENTION_CACHE = ("prev_key", "prev_value", "prev_content_bias")

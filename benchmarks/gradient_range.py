@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import torch
 from fairseq import checkpoint_utils
-from profile_training_step import batches, build, for_each_config, step_parser
+from model_steps import batches, build, for_each_config, step_parser
 
 FP16_MAX = 65504.0
 KINDS = [

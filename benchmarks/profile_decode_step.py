@@ -23,18 +23,8 @@ import statistics
 import sys
 
 import torch
-from profile_training_step import (
-    GROUPS,
-    batches,
-    build,
-    for_each_config,
-    in_turns,
-    op_differences,
-    profiled_steps,
-    step_parser,
-    wall_ms_per_step,
-    wall_ratios,
-)
+from model_steps import batches, build, for_each_config, in_turns, step_parser
+from profile_training_step import GROUPS, op_differences, profiled_steps, wall_ms_per_step, wall_ratios
 
 from collab_fairseq.attention_backends import default_cudnn_attention
 

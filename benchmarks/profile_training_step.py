@@ -18,28 +18,22 @@ not a measurement).
         --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128"
 """
 
-import argparse
 import gc
 import json
-import os
 import re
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from typing import List
 
 import torch
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from model_steps import batches, build, for_each_config, in_turns, step_parser
 from torch.profiler import ProfilerActivity, profile
 
 from collab_fairseq.attention_backends import default_cudnn_attention
 
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
-USER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
 GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report them
     (
         "gemm",
@@ -53,62 +47,6 @@ GROUPS = [  # first match wins; kernel names as CUDA and torch's CPU ops report 
         re.compile(r"elementwise|vectorized|copy|cat|fill|masked|mul|add|where|index|dropout|bernoulli", re.I),
     ),
 ]
-
-
-def build(flags, data_dir):
-    """fairseq model + criterion + task from training flags."""
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser,
-        [
-            data_dir,
-            "--user-dir",
-            USER_DIR,
-            "--task",
-            "translation",
-            "-s",
-            "src",
-            "-t",
-            "tgt",
-            "--share-all-embeddings",
-            "--criterion",
-            "label_smoothed_cross_entropy",
-            "--label-smoothing",
-            "0.1",
-            *shlex.split(flags),
-        ],
-    )
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    return task.build_model(cfg.model), task.build_criterion(cfg.criterion), task
-
-
-def batches(task, n, sentences, tokens, device, padded=True):
-    """n samples of sentences x tokens random words; padded: lengths drawn between tokens/2 and tokens."""
-    gen = torch.Generator().manual_seed(0)
-    vocab, pad, eos = len(task.source_dictionary), task.source_dictionary.pad(), task.source_dictionary.eos()
-    out = []
-    for _ in range(n):
-        lengths = torch.randint(tokens // 2 if padded else tokens, tokens + 1, (sentences,), generator=gen)
-        src = torch.randint(4, vocab, (sentences, tokens), generator=gen)
-        src[torch.arange(tokens)[None, :] >= lengths[:, None]] = pad  # right padding
-        tgt = torch.randint(4, vocab, (sentences, tokens), generator=gen)
-        tgt[:, -1] = eos
-        prev = torch.cat([tgt.new_full((sentences, 1), eos), tgt[:, :-1]], dim=1)
-        sample = {
-            "net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
-            "target": tgt,
-            "ntokens": int(tgt.numel()),
-            "nsentences": sentences,
-        }
-        out.append(_to(sample, device))
-    return out
-
-
-def _to(obj, device):
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj.to(device) if torch.is_tensor(obj) else obj
 
 
 def group_of(name):
@@ -193,17 +131,6 @@ def prepare_config(name, flags, data_dir, args, device):
     return name, flags, model, step, samples[args.warmup :]
 
 
-def in_turns(timers, rounds) -> List[List[float]]:
-    """[each timer's result in each of ``rounds`` rounds], the timers taking turns within a round: drift (clocks,
-    other processes, the allocator, Python's garbage) falls on all of them alike instead of on whichever ran last,
-    as one pass per configuration would let it. Both step profilers time their configurations this way."""
-    results = [[] for _ in timers]
-    for _ in range(rounds):
-        for times, timer in zip(results, timers):
-            times.append(timer())
-    return results
-
-
 def interleaved_wall_ms(prepared, rounds, device) -> List[List[float]]:
     """Wall ms per step of every prepared configuration (:func:`prepare_config`) in each of ``rounds`` rounds."""
 
@@ -232,38 +159,6 @@ def wall_ms_per_step(step, samples, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1000 / len(samples)
-
-
-def write_dict(data_dir, vocab):
-    with open(os.path.join(data_dir, "dict.src.txt"), "w") as f:
-        f.writelines(f"w{i} 1\n" for i in range(vocab - 4))  # fairseq adds <s> <pad> </s> <unk>
-    os.link(os.path.join(data_dir, "dict.src.txt"), os.path.join(data_dir, "dict.tgt.txt"))
-
-
-def step_parser(description, sentences, top):
-    """The options both step benchmarks take: configurations, batch shape, vocabulary, output."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")
-    p.add_argument("--sentences", type=int, default=sentences)
-    p.add_argument("--tokens", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--top", type=int, default=top)
-    p.add_argument("--out")
-    return p
-
-
-def for_each_config(args, measure, summary=None):
-    """[measure(name, flags, data_dir)] over --config, in a temporary data dir of a --vocab dictionary;
-    summary(row), if given, is printed to stderr after each."""
-    rows = []
-    with tempfile.TemporaryDirectory() as data_dir:
-        write_dict(data_dir, args.vocab)
-        for spec in args.config:
-            name, _, flags = spec.partition(":")
-            rows.append(measure(name, flags, data_dir))
-            if summary:
-                print(f"{name}: {summary(rows[-1])}", file=sys.stderr, flush=True)
-    return rows
 
 
 def main():

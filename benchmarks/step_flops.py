@@ -28,7 +28,7 @@ from collections import Counter
 
 import torch
 import torch.utils._pytree as pytree
-from profile_training_step import batches, build, for_each_config, step_parser
+from model_steps import batches, build, for_each_config, step_parser
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode

@@ -12,7 +12,8 @@ import types
 import decode_step_counts
 import pytest
 import step_flops
-from profile_training_step import op_differences, write_dict
+from model_steps import write_dict
+from profile_training_step import op_differences
 
 from tests.helpers import TINY_MODEL
 
