@@ -4,7 +4,7 @@ fairseq batches sentences by length, so attention sees a new (batch, length) sha
 prefers cuDNN's attention on Hopper GPUs, which builds an execution graph on the host for each new shape. fairseq's
 own MultiheadAttention (the transformer baseline, and the generator's encoder) calls scaled_dot_product_attention,
 so it pays those builds: on 4 x H100 a WMT14-recipe update of fairseq's transformer took 283-373 ms with cuDNN's
-attention and 130-143 ms without it (results/multi_gpu.md).
+attention and 130-143 ms without it (results/multi_gpu/README.md).
 
 Importing the package leaves torch's choice alone. The variable is the switch: ``0`` turns cuDNN's attention off,
 ``1`` on, unset leaves torch's default. fairseq imports the user module in every process it starts (each GPU's

@@ -109,7 +109,7 @@ def test_wmt14_prepare_train_evaluate_table_offline(wmt_raw, tmp_path):  # noqa:
 
 @pytest.mark.slow
 def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_data, tmp_path):
-    """The default recipe of collaborative heads (results/collab_quality.md): fairseq's transformer for
+    """The default recipe of collaborative heads (results/collab_quality/README.md): fairseq's transformer for
     WARM_START updates, collab-reparametrize to D_k, then the collaborative model for the rest, with the
     warm-up continued; in the same sweep a transformer row trains as it is (the warm start is for collab rows)."""
     raw, bin_dir = copy_data

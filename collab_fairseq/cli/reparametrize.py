@@ -34,7 +34,7 @@ from collab_fairseq.reparam.convert_checkpoint import (
 def fp16_loss_scale(state: dict) -> Optional[float]:
     """The fp16 loss scale the checkpoint's training had reached (fairseq's FP16Optimizer saves it with the
     optimizer state), or None (not fp16). The warm start's collaborative phase starts from it: a fresh fairseq-train
-    run would start at 128 and skip updates finding it again (results/performance.md, fp16 loss scale)."""
+    run would start at 128 and skip updates finding it again (results/performance/README.md, fp16 loss scale)."""
     scale = (state.get("last_optimizer_state") or {}).get("loss_scale")
     return None if scale is None else float(scale)
 

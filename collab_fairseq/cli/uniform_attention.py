@@ -4,7 +4,7 @@ Zeroes each chosen attention layer's query projection (weight and bias) and, in 
 content bias. Every score q_h . k_j is then 0, so each query attends with equal weight to every key its masks
 allow (padding; the future in decoder self-attention); values, outputs and everything else are unchanged.
 Translating with the copy and comparing BLEU with the original's says how much the model needs those
-attentions to be selective (results/reparametrization.md uses it to read re-parametrization results).
+attentions to be selective (results/reparametrization/README.md uses it to read re-parametrization results).
 
     python -m collab_fairseq.cli.uniform_attention RUN/checkpoint_best.pt uniform.pt --attentions encoder_decoder
 """

@@ -2,7 +2,7 @@
 # Generic grid runner used by the corpus sweep.sh scripts: train + evaluate every HEADS:KEY_DIM:SEED entry,
 # PARALLEL at a time, then print the table (python -m collab_fairseq.cli.make_table).
 # Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), CORPUS, PARALLEL (1),
-#   RUNS_DIR (work/$CORPUS/runs), TABLE (results/${CORPUS}_table.md), PLOT (results/$CORPUS.png),
+#   RUNS_DIR (work/$CORPUS/runs), TABLE (results/$CORPUS/table.md), PLOT (results/$CORPUS/bleu.png),
 #   TAG (suffix of run names for ablations), plus the corpus train.sh variables (EXTRA, WARM_START, MAX_UPDATE ...).
 #   SWEEP_GPUS: GPU ids, e.g. "0 1 2 3": each run gets one of them (round robin over the grid's order), so a
 #     grid fills a multi-GPU machine with single-GPU runs; unset: every run sees every visible GPU (and trains
@@ -11,8 +11,8 @@
 set -euo pipefail
 : "${RECIPE_DIR:?}"; : "${CORPUS:?}"
 RUNS_DIR="${RUNS_DIR:-work/$CORPUS/runs}"
-TABLE="${TABLE-results/${CORPUS}_table.md}"  # TABLE= (empty): no table, e.g. for runs launched side by side
-PLOT="${PLOT-results/$CORPUS.png}"
+TABLE="${TABLE-results/$CORPUS/table.md}"  # TABLE= (empty): no table, e.g. for runs launched side by side
+PLOT="${PLOT-results/$CORPUS/bleu.png}"
 [[ $# -gt 0 ]] || { echo "usage: $0 HEADS:KEY_DIM:SEED ..." >&2; exit 2; }
 for entry in "$@"; do
   [[ "$entry" =~ ^(transformer|collab|concat):[0-9]+:[0-9]+$ ]] || { echo "error: bad grid entry '$entry' (want HEADS:KEY_DIM:SEED, e.g. collab:128:1)" >&2; exit 2; }

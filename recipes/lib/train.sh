@@ -50,7 +50,7 @@ NGPU="${NGPU:-$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1
 WORLD=$((NGPU * ${SLURM_NNODES:-${NNODES:-1}}))
 if [[ "$MAX_TOKENS" == auto ]]; then
   # a GPU-step's time hardly grows with its tokens (the host sets the pace), so GPUs with room take large steps
-  # (results/multi_gpu.md: the same 32,768-token updates at 16,384 and at 4,096 tokens per step)
+  # (results/multi_gpu/README.md: the same 32,768-token updates at 16,384 and at 4,096 tokens per step)
   GPU_MEMORY_GIB="${GPU_MEMORY_GIB:-$(python3 -c "import torch; print(min((torch.cuda.get_device_properties(i).total_memory >> 30
     for i in range(torch.cuda.device_count())), default=0))")}"
   [[ "$GPU_MEMORY_GIB" =~ ^[0-9]+$ ]] ||
@@ -124,7 +124,7 @@ if [[ ! -s "$SAVE_DIR/checkpoint_last.pt" && ! -s "$INIT" ]]; then
 fi
 START=(--finetune-from-model "$INIT"); [[ -s "$SAVE_DIR/checkpoint_last.pt" ]] && START=()  # resuming
 # fp16: continue at the loss scale the transformer phase reached (collab-reparametrize's report keeps it); a fresh
-# scaler would start at 128 and skip updates finding it again (results/performance.md, fp16 loss scale).
+# scaler would start at 128 and skip updates finding it again (results/performance/README.md, fp16 loss scale).
 # EXTRA comes after it, so an explicit --fp16-init-scale there wins.
 SCALE=()
 if [[ "${FP16:-1}" == 1 && -s "$SAVE_DIR/warm_start/reparametrize.json" ]]; then

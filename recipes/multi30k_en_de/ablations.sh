@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The "earn the paper's claim" ablations on Multi30k (results/collab_quality.md): each NAME below is one
+# The "earn the paper's claim" ablations on Multi30k (results/collab_quality/README.md): each NAME below is one
 # training configuration; every NAME:SEED runs train.sh + evaluate.sh into
 # work/multi30k_en_de/ablations/<heads>_dk<D_k>_<NAME>_s<SEED> (make_table groups them by NAME).
 # Runs go PARALLEL at a time (small models: ~10 fit side by side on one H100/H200); SWEEP_GPUS="0 1 2 3" spreads

@@ -6,7 +6,7 @@
 # usage: recipes/multi30k_en_de/sweep.sh [GRID entries...]
 #   GRID default: transformer:512:1 transformer:512:2 concat:128:1 collab:512:1 collab:256:1 collab:128:1 collab:128:2 collab:64:1
 #   collab rows use the recipe's warm start (WARM_START=600, run names *_ws600_*); WARM_START= trains them from scratch
-#   env: PARALLEL (8), RUNS_DIR (work/multi30k_en_de/runs), TABLE (results/multi30k_en_de_table.md), plus train.sh's
+#   env: PARALLEL (8), RUNS_DIR (work/multi30k_en_de/runs), TABLE (results/multi30k_en_de/table.md), plus train.sh's
 set -euo pipefail
 GRID=("$@")
 [[ ${#GRID[@]} -gt 0 ]] || GRID=(transformer:512:1 transformer:512:2 concat:128:1 collab:512:1 collab:256:1 collab:128:1 collab:128:2 collab:64:1)

@@ -5,7 +5,7 @@
 # dropout 0.3, label smoothing 0.1, weight decay 1e-4, fp16.
 #
 # Collaborative heads (HEADS=collab) default to the warm start that keeps the transformer's BLEU at D_k=128
-# (results/collab_quality.md): fairseq's transformer for the first WARM_START=600 of the 1800 updates,
+# (results/collab_quality/README.md): fairseq's transformer for the first WARM_START=600 of the 1800 updates,
 # collab-reparametrize to D_k, then collaborative training for the rest. WARM_START= (empty) trains from scratch.
 #
 # usage: HEADS=collab KEY_DIM=128 SEED=1 recipes/multi30k_en_de/train.sh

@@ -4,7 +4,7 @@
 # Hardware: every visible GPU (fairseq distributed training, NCCL); multi-node through torchrun/SLURM variables.
 # Effective batch: TOKENS_PER_UPDATE (default 32768 = 8 GPUs x 4096 tokens) whatever the GPU count:
 # update-freq = TOKENS_PER_UPDATE / (MAX_TOKENS x GPUs); MAX_TOKENS=auto (default) takes 16384-token steps on GPUs
-# of 40 GB and more, 4096 on smaller ones. 100k updates: ~3-3.5 h on one H200 (on paper from Multi30k sentences, results/multi_gpu.md).
+# of 40 GB and more, 4096 on smaller ones. 100k updates: ~3-3.5 h on one H200 (on paper from Multi30k sentences, results/multi_gpu/README.md).
 # Re-running the same command resumes from checkpoint_last.pt; tensorboard logs in $SAVE_DIR/tb.
 #
 # usage: HEADS=collab KEY_DIM=128 SEED=1 recipes/wmt14_en_de/train.sh
