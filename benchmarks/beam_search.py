@@ -9,9 +9,9 @@ generated tokens/s (median of --repeats runs), as ratios to the first configurat
 Each run translates the test set twice in one process and times the second pass (fairseq's own timer):
 the first pays one-time costs of the process (e.g. CUDA kernels loaded at their first call, library handles),
 which can differ between the models; in single-pass runs a cost that did not grow with the output length
-carried most of the 30-token ratio (results/performance/README.md). The first pass's rate is kept as ``cold``. The second
-pass starts once the first pass's data-loader worker has exited (see generate_twice): its shutdown fell inside the
-timed pass in some runs and halved its rate.
+carried most of the 30-token ratio (results/performance/README.md). The first pass's rate is kept as ``cold``.
+The second pass starts once the first pass's data-loader worker has exited (see generate_twice): its shutdown fell
+inside the timed pass in some runs and halved its rate.
 
     python benchmarks/beam_search.py DATA_BIN --out results/performance_beam.json \\
         --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\

@@ -11,10 +11,12 @@
 Loads the kernel's file directly, so it needs torch and Triton only (no fairseq install):
 
     python benchmarks/fused_kernel.py [--shapes 8x1024,8x4096] [--key-dims 128,64] [--out fused.json]
+    python benchmarks/fused_kernel.py --tune [--shapes 8x4096] [--key-dims 64,128]   # tile sizes, launch settings
 """
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -146,6 +148,41 @@ def speed(kernel, bsz, tokens, heads, key_dim, value_dim, dtype):
     ]  # fmt: skip
 
 
+CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 2),
+           (32, 64, 4, 3), (128, 32, 4, 3)]  # fmt: skip
+
+
+def tune(kernel, args):
+    """--tune: tile sizes and launch settings (BLOCK_M, BLOCK_N, num_warps, num_stages) in place of the kernel's
+    defaults (``_blocks``) for both passes, forward and forward + backward times at the last of --shapes; a
+    configuration that does not compile (shared memory, registers) is reported, not fatal."""
+    default_blocks = kernel._blocks
+    bsz, tokens = map(int, args.shapes.split(",")[-1].split("x"))
+    print("| D_k | BLOCK_M | BLOCK_N | warps | stages | forward ms | fwd+bwd ms |\n|---|---|---|---|---|---|---|")
+    for key_dim, config in itertools.product(map(int, args.key_dims.split(",")), [None] + CONFIGS):
+        if config is None:
+            kernel._blocks = default_blocks
+            label = "default"
+        else:
+            bm, bn, warps, stages = config
+
+            def blocks(dim, value_dim, tgt_len=None, bm=bm, bn=bn, warps=warps, stages=stages):
+                return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=kernel._pow2(dim), BLOCK_DV=kernel._pow2(value_dim),
+                            num_warps=warps, num_stages=stages)  # fmt: skip
+
+            kernel._blocks = blocks
+            label = " | ".join(map(str, config))
+        q, m, k, v, c, _ = inputs(bsz, args.heads, tokens, tokens, key_dim, args.value_dim, torch.float16, False)
+        grad = torch.randn(bsz, args.heads, tokens, args.value_dim, device="cuda", dtype=torch.float16)
+        try:
+            with torch.no_grad():
+                fwd, _ = timed(lambda: kernel.fused_collab_attention(q, m, k, v, c, None, True, 0.0))
+            both, _ = timed(lambda: kernel.fused_collab_attention(q, m, k, v, c, None, True, 0.0).backward(grad))
+            print(f"| {key_dim} | {label} | {fwd:.2f} | {both:.2f} |", flush=True)
+        except Exception as err:  # noqa: BLE001  (a configuration that does not compile)
+            print(f"| {key_dim} | {label} | failed: {type(err).__name__}: {str(err)[:80]} | |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="8x1024,8x4096", help="SENTENCESxTOKENS, comma-separated")
@@ -154,10 +191,13 @@ def main():
     p.add_argument("--value-dim", type=int, default=64, help="d_v per head (E / H: 512 / 8)")
     p.add_argument("--tolerance", type=float, default=2e-2)
     p.add_argument("--out")
+    p.add_argument("--tune", action="store_true", help="time tile sizes and launch settings instead (tune())")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("fused_kernel.py times CUDA kernels: run it on a GPU machine")
     kernel = load_kernel()
+    if args.tune:
+        return tune(kernel, args)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "agreement": {}, "speed": []}
     worst = 0.0
     for dtype in (torch.float16, torch.bfloat16):

@@ -1,6 +1,7 @@
 """Collect the runs of a sweep into a markdown table (and a BLEU vs D_k plot).
 
-    python -m collab_fairseq.cli.make_table RUNS_DIR --out results/multi30k_en_de/README.md --plot results/multi30k_en_de/bleu.png
+    python -m collab_fairseq.cli.make_table RUNS_DIR --out results/multi30k_en_de/table.md \
+        --plot results/multi30k_en_de/bleu.png
 
 Each run directory holds ``bleu.json`` (collab_fairseq.cli.evaluate) and ``train.log`` (fairseq-train).
 Runs are grouped by (heads, D_k, tag); seeds are summarised as mean (min-max). Every row carries the code that

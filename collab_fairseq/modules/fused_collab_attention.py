@@ -236,7 +236,7 @@ def _backward_queries(Q, M, K, V, C, PAD, DO, LSE, DELTA, DQ, DM_PARTS,
 
 
 def _blocks(dim: int, value_dim: int, tgt_len: int = 64):
-    """Tiles and launch settings: the best of benchmarks/fused_kernel_tune.py on an H100 (8 x 4096 tokens, fp16,
+    """Tiles and launch settings: the best of benchmarks/fused_kernel.py --tune on an H100 (8 x 4096 tokens, fp16,
     8 heads, d_v 64; results/performance/README.md). A few queries (a decoding step: T = 1) take the smallest query tile
     instead of a 64-row tile that would be almost all padding."""
     block_d, block_dv = _pow2(dim), _pow2(value_dim)
