@@ -173,7 +173,7 @@ def test_incremental_cross_attention_computes_static_keys_once(monkeypatch):
     calls = []
     stacked_linear = projections.stacked_linear
 
-    def counting_stacked(x, groups, *rest):  # every fused projection, the folded decoding's included
+    def counting_stacked(x, groups, *rest):  # every stacked projection, the folded decoding's included
         calls.extend(1 for group in groups for p in group if p is layer.k_proj)
         return stacked_linear(x, groups, *rest)
 
@@ -217,7 +217,7 @@ def test_key_query_shapes_and_shared_parameters():
 @pytest.mark.parametrize("tgt_len", [7, 1])
 def test_mixed_queries_reach_the_score_gemm_without_a_copy(tgt_len):
     layer = _random_layer("self", key_dim=12)
-    fused = torch.randn(tgt_len, 3, 12 + 12 + EMBED + HEADS)  # T x B x outputs of the fused projection
+    fused = torch.randn(tgt_len, 3, 12 + 12 + EMBED + HEADS)  # T x B x outputs of the stacked projection
     # the strided q slice, as in forward, made each head's by the bmm kernel
     queries = per_head_queries(layer._head_queries(fused[..., :12]), *layer._kernel_mixing(torch.float32, None))
     assert queries.shape == (3, HEADS, tgt_len, 12)
@@ -343,7 +343,7 @@ def test_auto_falls_back_to_folded_where_fused_cannot_run(monkeypatch):
 
 @pytest.mark.parametrize("kernel", ["bmm", "mixgemm"])
 def test_a_decoding_run_keeps_the_weights_products_and_a_new_run_sees_new_weights(kernel):
-    """With gradients off (fairseq-generate), a decoding run makes the fused projection weight and the scaled
+    """With gradients off (fairseq-generate), a decoding run makes the stacked projection weight and the scaled
     mixing once and keeps them beside its cache, untouched by the beam reorder: later steps dispatch fewer
     operators and give the same outputs as steps that remake them (gradients on). The next run, after an update
     of the weights the way fairseq's optimizers make it (in place through ``.data``, no version bump), uses the

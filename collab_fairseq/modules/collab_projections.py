@@ -81,10 +81,10 @@ def stacked_weight_and_bias(groups: List[Group], pads: List[int], heads: int) ->
     return weight, torch.cat(parts + ([like.new_zeros(size - end)] if size > end else []))
 
 
-def fused_linear(x: Tensor, projections: List[nn.Linear], heads: int, fuse: bool, constants=None):
-    """Several Linear layers that read the same input, as one GEMM where ``fuse`` (quant-noise layers need their
+def joint_linear(x: Tensor, projections: List[nn.Linear], heads: int, stack: bool, constants=None):
+    """Several Linear layers that read the same input, as one GEMM where ``stack`` (quant-noise layers need their
     own); returns their outputs."""
-    if not fuse or len(projections) == 1:
+    if not stack or len(projections) == 1:
         return tuple(proj(x) for proj in projections)
     return stacked_linear(x, [[proj] for proj in projections], heads, constants)
 
@@ -104,7 +104,7 @@ def project(
     v_proj: nn.Linear,
     content_bias: Optional[nn.Linear],
     heads: int,
-    fuse: bool,
+    stack: bool,
     constants=None,
 ):
     """q: T x B x D_k; k: B x S x D_k; content bias: B x H x S (or None); v: B x H x S x d_v (k, v None without
@@ -113,13 +113,13 @@ def project(
     if key is None:
         return q_proj(query), None, None, None
     if key is query and value is query:
-        q, k, v, *c = fused_linear(query, [q_proj] + kv_proj, heads, fuse, constants)
+        q, k, v, *c = joint_linear(query, [q_proj] + kv_proj, heads, stack, constants)
     else:
         q = q_proj(query)
         if value is key:
-            k, v, *c = fused_linear(key, kv_proj, heads, fuse, constants)
+            k, v, *c = joint_linear(key, kv_proj, heads, stack, constants)
         else:
-            k, *c = fused_linear(key, [p for p in kv_proj if p is not v_proj], heads, fuse, constants)
+            k, *c = joint_linear(key, [p for p in kv_proj if p is not v_proj], heads, stack, constants)
             v = v_proj(value)
     # the content bias stays a strided view: the kernels add it to the scores or mask it (a new tensor either way)
     return q, k.transpose(0, 1), c[0].permute(1, 2, 0) if c else None, head_values(v, heads)

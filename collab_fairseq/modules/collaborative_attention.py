@@ -189,7 +189,7 @@ class CollaborativeMultiheadAttention(nn.Module):
             self.content_bias = None
         self.mixing_init = mixing_init
         # one GEMM for all input projections of the same input (quant-noise hooks need the separate ones)
-        self.fuse_projections = q_noise == 0
+        self.stack_projections = q_noise == 0
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -255,13 +255,13 @@ class CollaborativeMultiheadAttention(nn.Module):
 
     def _folds_content_bias(self, incremental_state, key, value, static_kv: bool) -> bool:
         """Whether this call decodes with the content bias folded into the keys (collab_projections.project_folded):
-        collaborative heads with a content bias and fused projections, in fairseq's two incremental cases
+        collaborative heads with a content bias and stacked projections, in fairseq's two incremental cases
         (self-attention; encoder-decoder attention over static keys that are also the values)."""
         return (
             incremental_state is not None
             and self.collaborative
             and self.content_bias is not None
-            and self.fuse_projections
+            and self.stack_projections
             and (self.self_attention or (static_kv and key is value))
         )
 
@@ -287,7 +287,7 @@ class CollaborativeMultiheadAttention(nn.Module):
                     k = fold_padding(k, key_padding_mask, self.key_dim)
                 key_padding_mask = None
         else:
-            q, k, content_bias, v = project(query, key, value, *weights, self.fuse_projections, constants)
+            q, k, content_bias, v = project(query, key, value, *weights, self.stack_projections, constants)
             mixing, scale = self._kernel_mixing(q.dtype, constants)
         if saved_state is not None:
             k, content_bias, v, key_padding_mask = self._update_cache(
