@@ -146,6 +146,9 @@ def _collab_architecture(fairseq_architecture):
     def architecture(args):
         set_collab_defaults(args)
         fairseq_architecture(args)
+        # fairseq calls this function from two places: parse_args_and_arch (its CLIs, where a usage error should exit
+        # as argparse's do) and models.build_model (also the hub interface, where the caller gets build_model's
+        # ValueError); the caller's name is the one thing that tells them apart
         if sys._getframe(1).f_code.co_name == "parse_args_and_arch":
             refuse_bad_options(args)
 
