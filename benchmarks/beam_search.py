@@ -6,6 +6,11 @@ Every hypothesis is forced to exactly --length target tokens (min-len = max-len)
 same whatever the models learnt; the long case uses a longer forced length. Reported: sentences/s and
 generated tokens/s (median of --repeats runs), as ratios to the first configuration.
 
+A configuration is NAME:TRAIN_FLAGS, optionally followed by |GENERATE_FLAGS (e.g. ``|--task translation_fast
+--generator static``, this package's beam search); configurations with the same TRAIN_FLAGS translate with the same
+checkpoint. The repeats are interleaved (each repeat runs every configuration once). Where the package's search ran
+over static caches, the bytes of its self-attention cache (first batch) are kept as ``cache_bytes``.
+
 Each run translates the test set twice in one process and times the second pass (fairseq's own timer):
 the first pays one-time costs of the process (e.g. CUDA kernels loaded at their first call, library handles),
 which can differ between the models; in single-pass runs a cost that did not grow with the output length
@@ -15,7 +20,8 @@ inside the timed pass in some runs and halved its rate.
 
     python benchmarks/beam_search.py DATA_BIN --out results/performance_beam.json \\
         --config "transformer_wmt_en_de:--arch transformer_wmt_en_de" \\
-        --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128"
+        --config "collab_dk128:--arch transformer_collab_wmt_en_de --collab-key-dim 128" \\
+        --config "collab_dk128_static:--arch transformer_collab_wmt_en_de --collab-key-dim 128|--task translation_fast"
 """
 
 import argparse
@@ -42,6 +48,8 @@ TRAIN = (
 )
 SPEED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
 WORKERS_LEFT = re.compile(r"workers left before the timed pass: (\d+)")
+CACHE = re.compile(r"self-attention cache of the first batch \((\d+) rows x (\d+) positions\): keys (\d+) bytes, "
+                   r"values (\d+) bytes")  # fmt: skip
 
 
 def generate_twice(worker_wait_s=30.0):
@@ -89,8 +97,9 @@ def build(data, flags, save_dir, device_flags):
     return os.path.join(save_dir, "checkpoint_1_1.pt")
 
 
-def translate(data, ckpt, length, batch, beam, subset, device_flags):
-    """{"warm": (sentences/s, tokens/s) of the second pass, "cold": of the first} of one process."""
+def translate(data, ckpt, length, batch, beam, subset, device_flags, generate_flags=()):
+    """{"warm": (sentences/s, tokens/s) of the second pass, "cold": of the first, "cache_bytes": {...} or None} of
+    one process."""
     out = run(
         [
             sys.executable,
@@ -117,6 +126,7 @@ def translate(data, ckpt, length, batch, beam, subset, device_flags):
             str(length),
             "--required-batch-size-multiple",
             "1",
+            *generate_flags,
         ]
     )
     left = WORKERS_LEFT.search(out)
@@ -124,7 +134,9 @@ def translate(data, ckpt, length, batch, beam, subset, device_flags):
         raise RuntimeError(
             f"the first pass left data-loader workers running (they can stall the timed pass):\n{out[-2000:]}"
         )
-    return dict(zip(("cold", "warm"), generation_speeds(out), strict=True))
+    cache = CACHE.search(out)
+    cache_bytes = dict(zip(("rows", "positions", "keys", "values"), map(int, cache.groups()))) if cache else None
+    return {**dict(zip(("cold", "warm"), generation_speeds(out), strict=True)), "cache_bytes": cache_bytes}
 
 
 def generation_speeds(output):
@@ -140,7 +152,9 @@ def main():
     default_cudnn_attention("0")  # measured with cuDNN's attention off, as the recipes train
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
-    p.add_argument("--config", action="append", required=True, help="NAME:FLAGS; the first is the baseline")
+    p.add_argument(
+        "--config", action="append", required=True, help="NAME:TRAIN_FLAGS[|GENERATE_FLAGS]; the first is the baseline"
+    )
     p.add_argument("--lengths", default="30,200", help="forced target lengths: normal and long case")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
@@ -151,25 +165,34 @@ def main():
     args = p.parse_args()
     device_flags = ["--cpu"] if args.cpu else ["--fp16"]
     rows = []
+    configs = []
+    for spec in args.config:
+        name, _, flags = spec.partition(":")
+        train_flags, _, generate_flags = flags.partition("|")
+        configs.append((name, train_flags.strip(), shlex.split(generate_flags)))
     with tempfile.TemporaryDirectory() as tmp:
-        ckpts = []
-        for i, spec in enumerate(args.config):
-            name, _, flags = spec.partition(":")
-            ckpts.append((name, build(args.data, flags, os.path.join(tmp, str(i)), device_flags)))
+        ckpts = {}
+        for train_flags in dict.fromkeys(flags for _, flags, _ in configs):
+            ckpts[train_flags] = build(args.data, train_flags, os.path.join(tmp, str(len(ckpts))), device_flags)
         for length in map(int, args.lengths.split(",")):
-            for name, ckpt in ckpts:
-                runs = [
-                    translate(args.data, ckpt, length, args.batch_size, args.beam, args.subset, device_flags)
-                    for _ in range(args.repeats)
-                ]
+            runs = {name: [] for name, _, _ in configs}
+            for _ in range(args.repeats):
+                for name, train_flags, generate_flags in configs:
+                    runs[name].append(
+                        translate(args.data, ckpts[train_flags], length, args.batch_size, args.beam, args.subset,
+                                  device_flags, generate_flags)  # fmt: skip
+                    )
+            for name, _, _ in configs:
+                done = runs[name]
                 row = {
                     "config": name,
                     "length": length,
-                    "sentences_per_s": statistics.median(r["warm"][0] for r in runs),
-                    "tokens_per_s": statistics.median(r["warm"][1] for r in runs),
-                    "sentences_per_s_runs": [r["warm"][0] for r in runs],
-                    "sentences_per_s_cold": statistics.median(r["cold"][0] for r in runs),
-                    "sentences_per_s_cold_runs": [r["cold"][0] for r in runs],
+                    "sentences_per_s": statistics.median(r["warm"][0] for r in done),
+                    "tokens_per_s": statistics.median(r["warm"][1] for r in done),
+                    "sentences_per_s_runs": [r["warm"][0] for r in done],
+                    "sentences_per_s_cold": statistics.median(r["cold"][0] for r in done),
+                    "sentences_per_s_cold_runs": [r["cold"][0] for r in done],
+                    "cache_bytes": done[0]["cache_bytes"],
                 }
                 rows.append(row)
                 print(rows[-1], file=sys.stderr, flush=True)

@@ -31,7 +31,7 @@ TRAIN_FLAGS = (
 
 
 @contextlib.contextmanager
-def _captured_logs():
+def captured_logs():
     """Everything fairseq logs meanwhile, as text."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -54,7 +54,7 @@ def fairseq_train(*argv) -> str:
     from fairseq_cli import train
 
     args = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in argv])
-    with _captured_logs() as log:
+    with captured_logs() as log:
         train.main(convert_namespace_to_omegaconf(args))
     return log.getvalue()
 
@@ -93,7 +93,7 @@ def fairseq_preprocess(*argv) -> None:
     from fairseq import options
     from fairseq_cli import preprocess
 
-    with _captured_logs():
+    with captured_logs():
         preprocess.main(options.get_preprocessing_parser().parse_args([str(a) for a in argv]))
 
 

@@ -141,3 +141,15 @@ def test_beam_search_times_a_second_pass_of_the_same_process(copy_data, collab_r
     for (sentences, tokens, seconds), key in zip(lines, ("cold", "warm")):
         expected = (int(sentences) / float(seconds), int(tokens) / float(seconds))
         assert speeds[key] == expected and int(tokens) == int(sentences) * 8  # forced: 7 tokens + end of sentence
+    assert speeds["cache_bytes"] is None  # fairseq's search
+
+
+def test_beam_search_passes_generate_flags_and_keeps_the_cache_size(copy_data, collab_run):
+    """A configuration's |GENERATE_FLAGS reach fairseq-generate: the package's search reports its cache (64 rows =
+    16 sentences x beam 4, 8 positions; per layer and row: 16 + 4 key entries and 64 values, fp32, 2 layers)."""
+    _, bin_dir = copy_data
+    speeds = beam_search.translate(str(bin_dir), str(collab_run / "checkpoint_last.pt"), 7, 16, 4, "test", ["--cpu"],
+                                   ["--task", "translation_fast", "--generator", "static"])  # fmt: skip
+    rows, positions = 16 * 4, 8
+    assert speeds["cache_bytes"] == {"rows": rows, "positions": positions, "keys": 2 * rows * positions * 20 * 4,
+                                     "values": 2 * rows * positions * 64 * 4}  # fmt: skip

@@ -1,0 +1,177 @@
+"""The fixed-batch beam search (collab_fairseq/generation) finds what fairseq's SequenceGenerator finds: the same
+hypotheses, in the same order, with the same scores, for both kinds of model and fairseq's search options."""
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from collab_fairseq.generation.generator import StaticBeamGenerator
+from collab_fairseq.generation.incremental import IncrementalDecoding
+from collab_fairseq.generation.static_cache import StaticCacheDecoding
+from tests.helpers import USER_DIR, captured_logs, fairseq_generate, load_model
+
+OPTIONS = {
+    "defaults": {},
+    "lenpen": {"len_penalty": 0.6},
+    "short max-len-a/b": {"max_len_a": 0.5, "max_len_b": 2},
+    "min-len": {"min_len": 9},
+    "unnormalized, unk penalty": {"normalize_scores": False, "unk_penalty": 1.5},
+    "temperature": {"temperature": 1.7},
+}
+
+
+@pytest.fixture(scope="module")
+def task_and_models(copy_data, collab_run, transformer_checkpoint):
+    _, bin_dir = copy_data
+    task = TranslationTask.setup_task(
+        TranslationConfig(data=str(bin_dir), source_lang="src", target_lang="tgt", required_seq_len_multiple=1,
+                          dataset_impl=None, train_subset="train")
+    )  # fmt: skip
+    task.load_dataset("test")
+    models = {
+        "collab": load_model(collab_run / "checkpoint_last.pt", bin_dir),
+        "transformer": load_model(transformer_checkpoint, bin_dir),
+    }
+    return task, models
+
+
+def batches(task, max_sentences=24):
+    dataset = task.dataset("test")
+    itr = task.get_batch_iterator(dataset, max_sentences=max_sentences, required_batch_size_multiple=1, seed=1)
+    return list(itr.next_epoch_itr(shuffle=False))
+
+
+def assert_same_hypotheses(ours, theirs):
+    assert len(ours) == len(theirs)
+    for sentence_ours, sentence_theirs in zip(ours, theirs):
+        assert len(sentence_ours) == len(sentence_theirs)
+        for a, b in zip(sentence_ours, sentence_theirs):
+            assert a["tokens"].tolist() == b["tokens"].tolist()
+            torch.testing.assert_close(a["score"], b["score"], rtol=0, atol=1e-5)
+            torch.testing.assert_close(a["positional_scores"], b["positional_scores"], rtol=0, atol=1e-5)
+
+
+def translate_both(task, model, beam, options, prefix_size=0, max_sentences=24):
+    fairseq = SequenceGenerator([model], task.target_dictionary, beam_size=beam, **options)
+    ours = StaticBeamGenerator([model], task.target_dictionary, use="always", beam_size=beam, **options)
+    for sample in batches(task, max_sentences):
+        prefix = sample["target"][:, :prefix_size] if prefix_size else None
+        yield ours.generate([model], sample, prefix_tokens=prefix), fairseq.generate(
+            [model], sample, prefix_tokens=prefix
+        )
+
+
+@pytest.mark.parametrize("kind", ["collab", "transformer"])
+@pytest.mark.parametrize("beam", [1, 4, 5])
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_same_hypotheses_and_scores_as_fairseq(task_and_models, kind, beam, options):
+    task, models = task_and_models
+    for ours, theirs in translate_both(task, models[kind], beam, options):
+        assert_same_hypotheses(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["collab", "transformer"])
+@pytest.mark.parametrize("prefix_size", [1, 5])
+def test_same_hypotheses_with_forced_prefixes_as_fairseq(task_and_models, kind, prefix_size):
+    """--prefix-size: the targets' first tokens are forced; targets shorter than the prefix end in EOS and pad."""
+    task, models = task_and_models
+    for ours, theirs in translate_both(task, models[kind], 4, {"max_len_a": 1.2, "max_len_b": 2}, prefix_size):
+        assert_same_hypotheses(ours, theirs)
+
+
+def _hypothesis_lines(output: str):
+    """fairseq-generate's H-/D-/P- lines, sorted: (kind and id, text, scores as floats)."""
+    lines = []
+    for line in output.splitlines():
+        if line[:2] in ("H-", "D-"):
+            name, score, text = line.split("\t")
+            lines.append((name, text, [float(score)]))
+        elif line.startswith("P-"):
+            name, scores = line.split("\t")
+            lines.append((name, "", [float(x) for x in scores.split()]))
+    return sorted(lines)
+
+
+def assert_same_lines(ours, theirs):
+    assert len(ours) == len(theirs) >= 300
+    for (name, text, scores), (their_name, their_text, their_scores) in zip(ours, theirs):
+        assert (name, text) == (their_name, their_text)
+        assert scores == pytest.approx(their_scores, abs=1e-4)
+
+
+@pytest.mark.parametrize("extra", [[], ["--lenpen", "0.6", "--nbest", "3", "--prefix-size", "1"]])
+def test_fairseq_generate_with_the_task_prints_what_fairseq_prints(copy_data, collab_run, extra):
+    _, bin_dir = copy_data
+    common = [bin_dir, "--user-dir", USER_DIR, "--path", collab_run / "checkpoint_last.pt", "--beam", "4",
+              "--batch-size", "16", "--required-batch-size-multiple", "1", *extra]  # fmt: skip
+    with captured_logs() as log:
+        ours = fairseq_generate(*common, "--task", "translation_fast", "--generator", "static")
+    theirs = fairseq_generate(*common)
+    assert "beam search: fixed batch x beam (4)" in log.getvalue()
+    assert_same_lines(_hypothesis_lines(ours), _hypothesis_lines(theirs))
+
+
+def test_auto_leaves_cpu_runs_to_fairseq_and_says_so(copy_data, collab_run):
+    _, bin_dir = copy_data
+    with captured_logs() as log:
+        fairseq_generate(bin_dir, "--user-dir", USER_DIR, "--path", collab_run / "checkpoint_last.pt", "--task",
+                         "translation_fast", "--max-sentences", "8", "--cpu")  # fmt: skip
+    assert "beam search: fairseq's SequenceGenerator (the fixed-batch search does not do CPU inputs" in log.getvalue()
+
+
+def test_options_it_lacks_go_to_fairseq_and_say_why(task_and_models):
+    task, models = task_and_models
+    generator = StaticBeamGenerator([models["collab"]], task.target_dictionary, use="always", beam_size=4,
+                                    no_repeat_ngram_size=2)  # fmt: skip
+    fairseq = SequenceGenerator([models["collab"]], task.target_dictionary, beam_size=4, no_repeat_ngram_size=2)
+    sample = batches(task)[0]
+    with captured_logs() as log:
+        assert_same_hypotheses(generator.generate([], sample), fairseq.generate([], sample))
+    assert "fairseq's SequenceGenerator (the fixed-batch search does not do --no-repeat-ngram-size)" in log.getvalue()
+
+
+def test_the_hub_interface_of_a_translation_checkpoint_can_switch_to_it(copy_data, collab_run):
+    from collab_fairseq.models.transformer_collab import TransformerCollabModel
+    from collab_fairseq.tasks import TranslationFastTask
+
+    _, bin_dir = copy_data
+    hub = TransformerCollabModel.from_pretrained(str(collab_run), checkpoint_file="checkpoint_last.pt",
+                                                 data_name_or_path=str(bin_dir))  # fmt: skip
+    sentences = ["w1 w22 w3 w17", "w30 w5 w5 w8 w12 w39"]
+    theirs = hub.translate(sentences, beam=4)
+    hub.task = TranslationFastTask.from_task(hub.task, generator="static")
+    with captured_logs() as log:
+        assert hub.translate(sentences, beam=4) == theirs == ["W1 W22 W3 W17", "W30 W5 W5 W8 W12 W39"]
+    assert "beam search: fixed batch x beam (4)" in log.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["collab", "transformer"])
+@pytest.mark.parametrize("decoding", ["incremental", "static caches, length buckets"])
+def test_both_decodings_find_what_fairseq_finds(task_and_models, kind, decoding):
+    """The search over the models' own incremental state, and over static caches attended up to a length bucket
+    (as the CUDA graphs run them, positions after the step masked)."""
+    task, models = task_and_models
+    model = models[kind]
+    search = StaticBeamGenerator([model], task.target_dictionary, use="always", beam_size=5).fixed_batch
+    fairseq = SequenceGenerator([model], task.target_dictionary, beam_size=5)
+    for sample in batches(task):
+        if decoding == "incremental":
+            steps = IncrementalDecoding(fairseq.model)
+        else:
+            steps = StaticCacheDecoding(model, buckets=True)
+        assert_same_hypotheses(search.search(steps, sample["net_input"]), fairseq.generate([model], sample))
+
+
+def test_a_collaborative_layer_caches_its_shared_keys_once(task_and_models):
+    """Self-attention cache per layer and row: D_k + H key entries (shared keys, content bias) against the
+    transformer's H x d_k = C; the values are the same size."""
+    task, models = task_and_models
+    sample = batches(task)[0]
+    sizes = {}
+    for kind, model in models.items():
+        decoding = StaticCacheDecoding(model)
+        decoding.start(sample["net_input"], beam=4, max_len=20)
+        sizes[kind] = decoding.cache_bytes()
+    assert sizes["collab"]["keys"] / sizes["transformer"]["keys"] == (16 + 4) / 64
+    assert sizes["collab"]["values"] == sizes["transformer"]["values"]
