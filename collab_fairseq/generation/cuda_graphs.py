@@ -60,7 +60,9 @@ class GraphedDecoding:
     def _record(self, length: int) -> None:
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: fairseq's data loader pins the next batch's memory in another thread meanwhile, which a
+            # global capture forbids (and fails that thread)
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 self.outputs[length] = self.decoding.step_at(self.token, self.position, length, self.rows)
         except RuntimeError as err:  # an operator that cannot be captured: the steps stay eager
             self.failed = str(err).splitlines()[0]
