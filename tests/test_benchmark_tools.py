@@ -138,9 +138,9 @@ def test_beam_search_times_a_second_pass_of_the_same_process(copy_data, collab_r
     lines = beam_search.SPEED.findall(outputs[0])
     assert beam_search.WORKERS_LEFT.findall(outputs[0]) == ["0"]
     assert len(lines) == 2 and lines[0][:2] == lines[1][:2]  # the same sentences and tokens, translated twice
-    for (sentences, tokens, seconds), key in zip(lines, ("cold", "warm")):
-        expected = (int(sentences) / float(seconds), int(tokens) / float(seconds))
-        assert speeds[key] == expected and int(tokens) == int(sentences) * 8  # forced: 7 tokens + end of sentence
+    for (sentences, tokens, sentences_per_s, tokens_per_s), key in zip(lines, ("cold", "warm")):
+        assert speeds[key] == (float(sentences_per_s), float(tokens_per_s))
+        assert int(tokens) == int(sentences) * 8  # forced: 7 tokens + end of sentence
     assert speeds["cache_bytes"] is None  # fairseq's search
 
 

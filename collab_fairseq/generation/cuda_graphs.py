@@ -3,8 +3,9 @@
 A step launches a few hundred small kernels; launched one by one from Python the host, not the GPU, sets the pace
 of beam search. Over static caches every input of a step lives in a buffer that stays put (the token, the position,
 the rows to continue from, the caches), so the whole step is recorded once per length bucket and then replayed with
-one launch. The first step of each bucket runs eagerly (which also warms the libraries up) and records the graph for
-the next ones. Graphs of one batch share a memory pool; they never run concurrently.
+one launch. The first step of a batch runs eagerly (it has nothing to reorder, and warms the libraries up before
+anything is recorded); each later step replays its bucket's graph, recorded when the bucket is first needed
+(recording runs nothing, the replay does). Graphs of one batch share a memory pool; they never run concurrently.
 """
 
 import logging
@@ -46,26 +47,23 @@ class GraphedDecoding:
         length = self.decoding.attended_length(step)
         if step == 0 or self.failed is not None:  # nothing to reorder at the first step
             return self.decoding.step_at(self.token, self.position, length, self.rows if step else None)
-        if length in self.graphs:
-            self.graphs[length].replay()
-            return self.outputs[length]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = self.decoding.step_at(self.token, self.position, length, self.rows)
-        torch.cuda.current_stream().wait_stream(side)
-        self._record(length)
-        return out
+        if length not in self.graphs and not self._record(length):
+            return self.decoding.step_at(self.token, self.position, length, self.rows)
+        self.graphs[length].replay()
+        return self.outputs[length]
 
-    def _record(self, length: int) -> None:
+    def _record(self, length: int) -> bool:
+        """Record the step of this attended length (recording runs nothing: the caller replays it); False, and the
+        steps stay eager from then on, if an operator cannot be captured."""
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: fairseq's data loader pins the next batch's memory in another thread meanwhile, which a
             # global capture forbids (and fails that thread)
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 self.outputs[length] = self.decoding.step_at(self.token, self.position, length, self.rows)
-        except RuntimeError as err:  # an operator that cannot be captured: the steps stay eager
+        except RuntimeError as err:
             self.failed = str(err).splitlines()[0]
             logger.warning("beam search: decoding steps stay eager (CUDA graph capture failed: %s)", self.failed)
-            return
+            return False
         self.graphs[length] = graph
+        return True
