@@ -37,6 +37,7 @@ class GraphedDecoding:
         self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[int, Tensor] = {}
         self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream()
 
     def reorder(self, rows: Tensor) -> None:
         self.rows.copy_(rows)
@@ -56,14 +57,22 @@ class GraphedDecoding:
         """Record the step of this attended length (recording runs nothing: the caller replays it); False, and the
         steps stay eager from then on, if an operator cannot be captured."""
         graph = torch.cuda.CUDAGraph()
+        # recorded on a side stream (the default stream cannot be), without torch.cuda.graph's synchronize and
+        # empty_cache at every recording; thread_local: fairseq's data loader pins the next batch's memory in
+        # another thread meanwhile, which a global capture forbids (and fails that thread)
+        self.stream.wait_stream(torch.cuda.current_stream())
         try:
-            # thread_local: fairseq's data loader pins the next batch's memory in another thread meanwhile, which a
-            # global capture forbids (and fails that thread)
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                self.outputs[length] = self.decoding.step_at(self.token, self.position, length, self.rows)
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                try:
+                    self.outputs[length] = self.decoding.step_at(self.token, self.position, length, self.rows)
+                finally:
+                    graph.capture_end()
         except RuntimeError as err:
             self.failed = str(err).splitlines()[0]
             logger.warning("beam search: decoding steps stay eager (CUDA graph capture failed: %s)", self.failed)
             return False
+        finally:
+            torch.cuda.current_stream().wait_stream(self.stream)
         self.graphs[length] = graph
         return True
