@@ -14,7 +14,7 @@ length, L cache length, D_k the shared key width.
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from fairseq.modules import LearnedPositionalEmbedding, MultiheadAttention, Sinu
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
+from collab_fairseq.modules.collab_projections import folded_mixing, kept, project_folded, stacked_linear
 from collab_fairseq.modules.collaborative_attention import CollaborativeMultiheadAttention
 
 POSITIONS = (SinusoidalPositionalEmbedding, LearnedPositionalEmbedding, type(None))
@@ -63,47 +64,54 @@ def _softmax(scores: Tensor, like: Tensor) -> Tensor:
 
 
 class AttentionCache:
-    """One attention layer's caches and its step. Per-head keys (fairseq's MultiheadAttention, concatenated heads:
-    N x H x L x d_k) or, for collaborative heads, the shared keys (N x L x D_k) and the content bias (N x H x L)."""
+    """One attention layer's caches and its step. Keys per head (fairseq's MultiheadAttention, concatenated heads:
+    N x H x L x d_k) or, for collaborative heads, the shared keys with the content bias folded in as the layer folds
+    them when decoding (collab_projections.project_folded: N x L x (D_k + H)); values N x H x L x d.
+
+    ``constants``: what the steps compute from the weights alone (stacked projection weights, the scaled mixing),
+    made at the first step (this layer's own: collab_projections keys some of them by dtype only)."""
 
     def __init__(self, attn):
         self.attn = attn
+        self.constants: Dict = {}
         self.shared = isinstance(attn, CollaborativeMultiheadAttention) and attn.collaborative
+        self.folded = self.shared and attn.content_bias is not None
         self.heads = attn.num_heads
         self.head_dim = attn.head_dim
-        self.key_dim = attn.key_dim if isinstance(attn, CollaborativeMultiheadAttention) else attn.embed_dim
-        if self.shared:
-            self.mixing = attn.mixing_matrix() * attn.scaling  # H x D_k
-            self.content_bias = attn.content_bias
+        key_dim = attn.key_dim if isinstance(attn, CollaborativeMultiheadAttention) else attn.embed_dim
+        self.key_width = key_dim + (self.heads if self.folded else 0) if self.shared else key_dim // self.heads
 
-    def _queries(self, x: Tensor) -> Tensor:
-        """x: N x C -> N x H x D_k (shared keys: each head's mixed query) or N x H x d_k (scaled, per head)."""
-        q = self.attn.q_proj(x)
-        if self.shared:
-            return q.unsqueeze(1) * self.mixing.to(q.dtype)
-        return (q * self.attn.scaling).view(x.size(0), self.heads, -1)
+    def _mixing(self, dtype) -> Tensor:
+        """Each head's query weights over the shared (and folded) key: H x D_k, or H x (D_k + H) when folded."""
+        scaled = kept(self.constants, f"scaled_mixing_{dtype}", lambda: self.attn._scaled_mixing(dtype))
+        return folded_mixing(scaled, self.constants) if self.folded else scaled
 
-    def _bias(self, y: Tensor) -> Optional[Tensor]:
-        """Content bias of keys y (... x C): ... x H, or None."""
-        return self.content_bias(y) if self.shared and self.content_bias is not None else None
+    def _self_projections(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """x: N x C -> queries (N x H x D_k(+H), or N x H x d_k scaled), keys (N x D_k(+H), or N x H x d_k),
+        values N x H x d: one GEMM."""
+        n = x.size(0)
+        attn, row = self.attn, x.unsqueeze(0)  # 1 x N x C, time first as the projections take it
+        if self.folded:
+            q, k, v = project_folded(row, row, attn.q_proj, attn.k_proj, attn.v_proj, attn.content_bias,
+                                     self.heads, self.constants)  # fmt: skip
+            q, k, v = q[0], k[:, 0], v[:, :, 0]
+        else:
+            q, k, v = (t[0] for t in stacked_linear(row, [[attn.q_proj], [attn.k_proj], [attn.v_proj]], self.heads,
+                                                    self.constants))  # fmt: skip
+            v = v.view(n, self.heads, self.head_dim)
+        if self.shared:
+            return q.unsqueeze(1) * self._mixing(q.dtype), k, v
+        return (q * attn.scaling).view(n, self.heads, -1), k.view(n, self.heads, -1), v
 
     # ------------------------------------------------------------------ self-attention
     def allocate(self, rows: int, length: int, like: Tensor) -> None:
-        keys = (rows, length, self.key_dim) if self.shared else (rows, self.heads, length, self.key_dim // self.heads)
-        self.keys = like.new_zeros(keys)
+        shape = (rows, length, self.key_width) if self.shared else (rows, self.heads, length, self.key_width)
+        self.keys = like.new_zeros(shape)
         self.values = like.new_zeros(rows, self.heads, length, self.head_dim)
-        self.bias = like.new_zeros(rows, self.heads, length) if self._has_bias() else None
-
-    def _has_bias(self) -> bool:
-        return self.shared and self.content_bias is not None
 
     def reorder(self, rows: Tensor, length: int) -> None:
         """Select the rows that go on, over the first ``length`` positions."""
-        for name in ("keys", "values", "bias"):
-            cache = getattr(self, name)
-            if cache is None:
-                continue
-            dim = 1 if (name == "keys" and self.shared) else 2
+        for cache, dim in ((self.keys, 1 if self.shared else 2), (self.values, 2)):
             part = cache.narrow(dim, 0, length)
             part.copy_(part.index_select(0, rows))
 
@@ -111,20 +119,14 @@ class AttentionCache:
         """x: N x C, the step's input at ``position`` (a one-element tensor); attends to positions < ``length``
         (``mask``: additive, 1 x length, -inf after the step's position). Returns N x C."""
         n = x.size(0)
-        k, v = self.attn.k_proj(x), self.attn.v_proj(x).view(n, self.heads, 1, self.head_dim)
-        self.values.index_copy_(2, position, v)
+        q, k, v = self._self_projections(x)
+        self.values.index_copy_(2, position, v.unsqueeze(2))
         if self.shared:
             self.keys.index_copy_(1, position, k.unsqueeze(1))
-            if self.bias is not None:
-                self.bias.index_copy_(2, position, self._bias(x).unsqueeze(2))
-            keys = self.keys[:, :length]  # N x L x D_k
-            scores = torch.bmm(self._queries(x), keys.transpose(1, 2))  # N x H x L
-            if self.bias is not None:
-                scores = scores + self.bias[:, :, :length]
+            scores = torch.bmm(q, self.keys[:, :length].transpose(1, 2))  # N x H x L
         else:
-            self.keys.index_copy_(2, position, k.view(n, self.heads, 1, -1))
-            keys = self.keys[:, :, :length]  # N x H x L x d_k
-            scores = torch.matmul(self._queries(x).unsqueeze(2), keys.transpose(2, 3)).squeeze(2)  # N x H x L
+            self.keys.index_copy_(2, position, k.unsqueeze(2))
+            scores = torch.matmul(q.unsqueeze(2), self.keys[:, :, :length].transpose(2, 3)).squeeze(2)  # N x H x L
         probs = _softmax(scores + mask, x)
         out = torch.matmul(probs.unsqueeze(2), self.values[:, :, :length]).view(n, -1)  # N x H*d
         return self.attn.out_proj(out)
@@ -140,16 +142,21 @@ class AttentionCache:
         bias = torch.zeros(bsz, 1, 1, src_len, dtype=enc.dtype, device=enc.device)  # B x (1 | H) x 1 x S
         if padding is not None:
             bias = bias.masked_fill(padding.view(bsz, 1, 1, src_len), -math.inf)
-        content = self._bias(enc)
-        if content is not None:
-            bias = bias + content.transpose(1, 2).unsqueeze(2)
+        if self.folded:
+            bias = bias + self.attn.content_bias(enc).transpose(1, 2).unsqueeze(2)
         self.enc_bias = bias
 
     def cross_step(self, x: Tensor) -> Tensor:
         """x: N x C (N = B*K); each sentence's K hypotheses attend to its encoder output together. Returns N x C."""
         bsz = self.enc_values.size(0)
         beam = x.size(0) // bsz
-        q = self._queries(x).view(bsz, beam, self.heads, -1)
+        q = self.attn.q_proj(x)
+        if self.shared:
+            mixing = kept(self.constants, f"scaled_mixing_{q.dtype}", lambda: self.attn._scaled_mixing(q.dtype))
+            q = q.unsqueeze(1) * mixing
+        else:
+            q = q * self.attn.scaling
+        q = q.view(bsz, beam, self.heads, -1)
         if self.shared:  # B x K*H x D_k against B x S x D_k
             scores = torch.bmm(q.view(bsz, beam * self.heads, -1), self.enc_keys.transpose(1, 2))
             scores = scores.view(bsz, beam, self.heads, -1).transpose(1, 2)  # B x H x K x S
@@ -161,8 +168,7 @@ class AttentionCache:
 
     def cache_bytes(self) -> Dict[str, int]:
         """Bytes of this layer's self-attention cache: keys (with the content bias) and values."""
-        keys = self.keys.numel() + (self.bias.numel() if self.bias is not None else 0)
-        return {"keys": keys * self.keys.element_size(), "values": self.values.numel() * self.values.element_size()}
+        return {name: t.numel() * t.element_size() for name, t in (("keys", self.keys), ("values", self.values))}
 
 
 class StaticCacheDecoding:
