@@ -4,12 +4,18 @@
         --train train.json --beam beam.json --layer layer_bfloat16.json \\
         --loss-scale loss_scale.json --out results/performance/summary.json \\
         [--source-commit layer=OLDER_COMMIT ...] [--stale layer_speed_ratio="why" ...] [--note KEY="..." ...]
+        [--fast-beam fast_beam.json] [--merge results/performance/summary.json]
 
 train: train_throughput.py (rows transformer_wmt_en_de, collab_dk512/128/64); the warm-start recipe's ratio is
 its time-weighted mean, 1 / (f + (1 - f) / r) for a transformer phase of fraction f of the updates (1/3 in the
 Multi30k recipe; the conversion's seconds not counted). beam: beam_search.py. layer: attention_layer.py, the rows
 of ``ours (KERNEL)``, for ``auto`` (the default) of the kernel it picks at each length. loss-scale:
 fp16_loss_scale.py, lowest scale over the runs whose name starts with ``transformer`` and ``collab_dk128``.
+fast-beam: beam_search.py with the configurations transformer_fairseq, transformer_static, collab_dk128_fairseq and
+collab_dk128_static (fairseq's search / the package's, ``--task translation_fast``): ``fast_beam_ratio`` (the
+package's against fairseq's for D_k 128, and D_k 128 against the transformer under the package's) and
+``fast_beam_cache_key_ratio`` (bytes of the self-attention key cache, D_k 128 / transformer), with
+``fast_beam_commit``. ``--merge``: start from an existing summary, keeping what this run does not replace.
 ``commits`` names the commit each figure was measured on (--commit unless --source-commit says otherwise), and
 ``stale`` the figures whose code has changed since, with the reason; ``notes`` what a figure needs said beside it
 (e.g. the same code measured on other machines).
@@ -59,7 +65,24 @@ def _load(path):
         return json.load(f)
 
 
-SOURCES = ("train", "beam", "layer", "loss_scale")
+SOURCES = ("train", "beam", "layer", "loss_scale", "fast_beam")
+FAST_BEAM_CONFIGS = ("transformer_fairseq", "transformer_static", "collab_dk128_fairseq", "collab_dk128_static")
+
+
+def fast_beam(beam: dict) -> dict:
+    """fast_beam_ratio and fast_beam_cache_key_ratio of a beam_search.py run of FAST_BEAM_CONFIGS."""
+    rate = {(r["config"], r["length"]): r["sentences_per_s"] for r in beam["rows"]}
+    missing = sorted({c for c in FAST_BEAM_CONFIGS} - {c for c, _ in rate})
+    if missing:
+        raise ValueError(f"the fast-beam file lacks the configurations {', '.join(missing)}")
+    ratios = {}
+    for length in sorted({n for _, n in rate}):
+        ours = rate[("collab_dk128_static", length)]
+        ratios[f"vs_stock_{length}"] = ours / rate[("collab_dk128_fairseq", length)]
+        ratios[f"collab_vs_transformer_{length}"] = ours / rate[("transformer_static", length)]
+    cache = {r["config"]: r["cache_bytes"] for r in beam["rows"] if r.get("cache_bytes")}
+    key_ratio = cache["collab_dk128_static"]["keys"] / cache["transformer_static"]["keys"]
+    return {"fast_beam_ratio": ratios, "fast_beam_cache_key_ratio": key_ratio}
 
 
 def key_values(pairs, option, allowed=None) -> dict:
@@ -76,10 +99,14 @@ def key_values(pairs, option, allowed=None) -> dict:
 
 def summary(args) -> dict:
     train, beam, layer, scale = _load(args.train), _load(args.beam), _load(args.layer), _load(args.loss_scale)
+    fast = _load(args.fast_beam)
     source_commit = {name: args.commit for name in SOURCES}
     source_commit.update(key_values(args.source_commit, "--source-commit", SOURCES))
     stale, notes = key_values(args.stale, "--stale"), key_values(args.note, "--note")
-    result, commits = {"gpu": args.gpu, "commit": args.commit}, {}
+    merged = _load(args.merge) or {}
+    result = {k: v for k, v in merged.items() if k not in ("commits", "stale", "notes")}
+    result.update(gpu=args.gpu, commit=args.commit)
+    commits = dict(merged.get("commits", {}))
     if train:
         result["train_wps_ratio"] = train_ratios(train, args.warm_start_fraction)
         commits["train_wps_ratio"] = source_commit["train"]
@@ -98,12 +125,17 @@ def summary(args) -> dict:
     if scale:
         result["loss_scale_min"] = {k: lowest_scale(scale, k) for k in ("transformer", "collab_dk128")}
         commits["loss_scale_min"] = source_commit["loss_scale"]
+    if fast:
+        result.update(fast_beam(fast), fast_beam_commit=source_commit["fast_beam"])
+        commits.update(fast_beam_ratio=source_commit["fast_beam"], fast_beam_cache_key_ratio=source_commit["fast_beam"])
     for option, named in (("--stale", stale), ("--note", notes)):
         unknown = sorted(set(named) - set(result))
         if unknown:
             raise ValueError(f"{option} names {', '.join(unknown)}, which this summary does not hold")
     # "commit" is the latest code measured; "commits" says which commit each figure comes from
     result["commits"] = commits
+    stale = {**merged.get("stale", {}), **stale}
+    notes = {**merged.get("notes", {}), **notes}
     if stale:
         result["stale"] = stale
     if notes:
@@ -118,7 +150,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--source-commit",
         action="append",
-        help="SOURCE=COMMIT (SOURCE: train, beam, layer or loss_scale): a source measured on older code than --commit",
+        help="SOURCE=COMMIT (SOURCE: train, beam, layer, loss_scale or fast_beam): a source measured on older code "
+        "than --commit",
     )
     parser.add_argument("--stale", action="append", help="KEY=REASON: a figure the code has changed under since")
     parser.add_argument("--note", action="append", help="KEY=TEXT: what to say beside a figure")
@@ -128,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layer")
     parser.add_argument("--layer-kernel", default="auto", help="the kernel whose layer rows count; auto: the default's")
     parser.add_argument("--loss-scale")
+    parser.add_argument("--fast-beam", help="beam_search.py's JSON of FAST_BEAM_CONFIGS")
+    parser.add_argument("--merge", help="an existing summary to start from")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:

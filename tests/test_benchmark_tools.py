@@ -7,6 +7,7 @@ import attention_layer
 import beam_search
 import fp16_loss_scale
 import performance_summary
+import pytest
 import torch
 import train_throughput
 
@@ -153,3 +154,27 @@ def test_beam_search_passes_generate_flags_and_keeps_the_cache_size(copy_data, c
     rows, positions = 16 * 4, 8
     assert speeds["cache_bytes"] == {"rows": rows, "positions": positions, "keys": 2 * rows * positions * 20 * 4,
                                      "values": 2 * rows * positions * 64 * 4}  # fmt: skip
+
+
+def test_summary_gains_the_package_beam_search_ratios_and_keeps_what_it_merges(tmp_path):
+    rates = {"transformer_fairseq": 1.0, "transformer_static": 2.0, "collab_dk128_fairseq": 0.8,
+             "collab_dk128_static": 2.4}  # fmt: skip
+    cache = {"transformer_static": {"keys": 100}, "collab_dk128_static": {"keys": 27}}
+    rows = [{"config": c, "length": n, "sentences_per_s": r * n, "cache_bytes": cache.get(c)}
+            for c, r in rates.items() for n in (30, 200)]  # fmt: skip
+    (tmp_path / "fast.json").write_text(json.dumps({"rows": rows}))
+    old = {"gpu": "H100", "commit": "old", "beam_sentences_ratio": {"30": 1.2},
+           "commits": {"beam_sentences_ratio": "old"}, "notes": {"beam_sentences_ratio": "kept"}}  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    out = tmp_path / "summary.json"
+    argv = ["--gpu", "H100", "--commit", "new", "--fast-beam", str(tmp_path / "fast.json"), "--out", str(out)]
+    assert performance_summary.main([*argv, "--merge", str(tmp_path / "old.json")]) == 0
+    result = json.load(open(out))
+    assert result["fast_beam_ratio"] == pytest.approx({"vs_stock_30": 3.0, "vs_stock_200": 3.0,
+                                                       "collab_vs_transformer_30": 1.2,
+                                                       "collab_vs_transformer_200": 1.2})  # fmt: skip
+    assert result["fast_beam_cache_key_ratio"] == 0.27 and result["fast_beam_commit"] == "new"
+    assert result["beam_sentences_ratio"] == {"30": 1.2} and result["commits"]["beam_sentences_ratio"] == "old"
+    assert result["commits"]["fast_beam_ratio"] == "new" and result["notes"] == {"beam_sentences_ratio": "kept"}
+    (tmp_path / "fast.json").write_text(json.dumps({"rows": rows[2:]}))
+    assert performance_summary.main(argv) == 2  # a configuration missing: refused

@@ -173,11 +173,11 @@ def test_evaluate_records_the_code_that_trained_the_checkpoint(tmp_path):
     assert elsewhere["code"] == code_hash() and elsewhere["code_read_at"] == "evaluation"
 
 
-def test_sharded_evaluation_equals_one_shard(copy_data, collab_run, tmp_path):
+def test_sharded_evaluation_equals_one_shard_with_either_beam_search(copy_data, collab_run, tmp_path):
     raw, bin_dir = copy_data
     results = []
-    for shards in ("1", "3"):
-        out = tmp_path / f"bleu{shards}.json"
+    for shards, generator in (("1", "fairseq"), ("3", "auto"), ("3", "static")):
+        out = tmp_path / f"bleu{shards}{generator}.json"
         subprocess.run(
             [
                 "python3",
@@ -195,14 +195,18 @@ def test_sharded_evaluation_equals_one_shard(copy_data, collab_run, tmp_path):
                 "4",
                 "--shards",
                 shards,
+                "--generator",
+                generator,
                 "--out",
                 str(out),
                 "--hypotheses",
-                str(tmp_path / f"hyp{shards}.txt"),
+                str(tmp_path / f"hyp{shards}{generator}.txt"),
             ],
             check=True,
             capture_output=True,
         )
         results.append(json.load(open(out)))
-    assert (tmp_path / "hyp1.txt").read_text() == (tmp_path / "hyp3.txt").read_text()
-    assert results[0]["sacrebleu"] == results[1]["sacrebleu"] and results[1]["shards"] == 3
+    hypotheses = [(tmp_path / f"hyp{name}.txt").read_text() for name in ("1fairseq", "3auto", "3static")]
+    assert hypotheses[0] == hypotheses[1] == hypotheses[2] and len(hypotheses[0].splitlines()) == 100
+    assert len({r["sacrebleu"] for r in results}) == 1 and results[1]["shards"] == 3
+    assert [r["generator"] for r in results] == ["fairseq", "auto", "static"]

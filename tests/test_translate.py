@@ -9,6 +9,7 @@ from tests.helpers import (
     TINY_MODEL,
     TRAIN_FLAGS,
     USER_DIR,
+    captured_logs,
     fairseq_interactive,
     fairseq_preprocess,
     fairseq_train,
@@ -81,3 +82,15 @@ def test_the_hub_interface_translates_raw_text(spm_run):
         bpe="sentencepiece", sentencepiece_model=str(model),
     )  # fmt: skip
     assert translator.translate(SENTENCES, beam=4) == EXPECTED
+
+
+def test_fairseq_interactive_translates_with_the_package_beam_search(spm_run):
+    run, bin_dir, model = spm_run
+    flags = ["--source-lang", "src", "--target-lang", "tgt", "--bpe", "sentencepiece", "--sentencepiece-model", model]
+    with captured_logs() as log:
+        out = fairseq_interactive(bin_dir, "--user-dir", USER_DIR, "--path", run / "checkpoint_last.pt", *flags,
+                                  "--beam", "4", "--task", "translation_fast", "--generator", "static",
+                                  stdin="\n".join(SENTENCES) + "\n")  # fmt: skip
+    detokenized = [line.split("\t")[2] for line in out.splitlines() if line.startswith("D-")]
+    assert detokenized == EXPECTED, out[-2000:]
+    assert "beam search: fixed batch x beam (4)" in log.getvalue() and "decoding: static caches" in log.getvalue()

@@ -1,8 +1,9 @@
 """Translate a binarized test set with fairseq-generate and score it with sacreBLEU; write one JSON per run.
 
     python -m collab_fairseq.cli.evaluate --data BIN --checkpoint ckpt.pt --reference raw/test.de \
-        --out run/bleu.json [--beam 5 --lenpen 1.0 --subset test --spm] [--tokenized-bleu]
+        --out run/bleu.json [--beam 5 --lenpen 1.0 --subset test --spm] [--tokenized-bleu] [--generator auto]
 
+The beam search is this package's on CUDA (``--task translation_fast``; ``--generator fairseq`` for fairseq's).
 Hypotheses are detokenized (sentencepiece pieces joined) and put back in corpus order, then scored
 against the raw reference with sacreBLEU (its signature goes into the JSON). ``--tokenized-bleu`` adds
 the number WMT14 En-De papers report: BLEU on Moses-tokenized text with compound splitting
@@ -22,6 +23,7 @@ import sacrebleu
 
 from collab_fairseq.files import write_text_atomically
 from collab_fairseq.provenance import code_provenance
+from collab_fairseq.tasks.translation_fast import GENERATORS
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,11 @@ def trained_by(checkpoint: str) -> dict:
     return {**code_provenance(), "code_read_at": "evaluation"}
 
 
+def generator_flags(generator: str):
+    """fairseq-generate's flags for the beam search ``generator`` (GENERATORS)."""
+    return [] if generator == "fairseq" else ["--task", "translation_fast", "--generator", generator]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="fairseq binarized data directory")
@@ -151,6 +158,13 @@ def main(argv=None):
         "--remove-bpe", default="sentencepiece", help="fairseq post-process of the pieces ('none': keep)"
     )
     parser.add_argument("--shards", type=int, default=0, help="parallel fairseq-generate shards (default: one per GPU)")
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="auto",
+        help="beam search (--task translation_fast --generator X): auto, this package's on CUDA and fairseq's on "
+        "the CPU; static, this package's; fairseq, fairseq's SequenceGenerator (--task translation)",
+    )
     parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. '--max-len-b 50'")
     parser.add_argument("--meta", default="{}", help="JSON object merged into the output (run name, D_k, seed...)")
     args = parser.parse_args(argv)
@@ -169,7 +183,7 @@ def main(argv=None):
         args.lenpen,
         args.batch_size,
         user_dir,
-        shlex.split(args.generate_args),
+        generator_flags(args.generator) + shlex.split(args.generate_args),
         args.remove_bpe,
         shards,
     )
@@ -181,6 +195,7 @@ def main(argv=None):
         "beam": args.beam,
         "lenpen": args.lenpen,
         "shards": shards,
+        "generator": args.generator,
         **score(hyps, refs, args.target_lang, args.tokenized_bleu),
     }
     if args.hypotheses:
