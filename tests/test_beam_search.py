@@ -149,18 +149,21 @@ def test_the_hub_interface_of_a_translation_checkpoint_can_switch_to_it(copy_dat
 @pytest.mark.parametrize("kind", ["collab", "transformer"])
 @pytest.mark.parametrize("decoding", ["incremental", "static caches, length buckets"])
 def test_both_decodings_find_what_fairseq_finds(task_and_models, kind, decoding):
-    """The search over the models' own incremental state, and over static caches attended up to a length bucket
-    (as the CUDA graphs run them, positions after the step masked)."""
+    """The search over the models' own incremental state, and over static caches attended up to a length bucket and
+    kept across batches (as the CUDA graphs run them: positions after the step and source padding masked)."""
     task, models = task_and_models
     model = models[kind]
     search = StaticBeamGenerator([model], task.target_dictionary, use="always", beam_size=5).fixed_batch
     fairseq = SequenceGenerator([model], task.target_dictionary, beam_size=5)
-    for sample in batches(task):
-        if decoding == "incremental":
-            steps = IncrementalDecoding(fairseq.model)
-        else:
-            steps = StaticCacheDecoding(model, buckets=True)
+    steps = (
+        IncrementalDecoding(fairseq.model) if decoding == "incremental" else StaticCacheDecoding(model, buckets=True)
+    )
+    reused = []
+    for sample in batches(task):  # one decoding for all batches: those of the last one's shape reuse its buffers
         assert_same_hypotheses(search.search(steps, sample["net_input"]), fairseq.generate([model], sample))
+        reused.append(getattr(steps, "shape", None))
+    if decoding != "incremental":
+        assert len(set(reused)) < len(reused)  # some batch did reuse the buffers (source padded to 16 positions)
 
 
 def test_a_collaborative_layer_caches_its_shared_keys_once(task_and_models):
@@ -175,3 +178,53 @@ def test_a_collaborative_layer_caches_its_shared_keys_once(task_and_models):
         sizes[kind] = decoding.cache_bytes()
     assert sizes["collab"]["keys"] / sizes["transformer"]["keys"] == (16 + 4) / 64
     assert sizes["collab"]["values"] == sizes["transformer"]["values"]
+
+
+SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "masked_select", "unique",
+           "cpu", "numpy", "_local_scalar_dense"}  # fmt: skip
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that read a tensor's values on the host (a host sync on CUDA), while ``counting``."""
+
+    def __init__(self):
+        super().__init__()
+        self.counting, self.calls = False, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if self.counting and name in SYNCING:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["collab", "transformer"])
+def test_a_step_over_static_caches_reads_nothing_on_the_host(task_and_models, kind, monkeypatch):
+    """Between the encoder and the end of the search, the host reads one value: whether every sentence is
+    finished, every ``check_every`` steps."""
+    task, models = task_and_models
+    model = models[kind]
+    generator = StaticBeamGenerator([model], task.target_dictionary, use="always", beam_size=4, min_len=10,
+                                    check_every=3)  # fmt: skip
+    search = generator.fixed_batch
+    decoding = StaticCacheDecoding(model, buckets=True)
+    reads = HostReads()
+    steps = []
+
+    def start(*args):
+        reads.counting = False
+        StaticCacheDecoding.start(decoding, *args)
+        reads.counting = True
+
+    def step(tokens, step):
+        steps.append(step)
+        return StaticCacheDecoding.step(decoding, tokens, step)
+
+    monkeypatch.setattr(decoding, "start", start)
+    monkeypatch.setattr(decoding, "step", step)
+    monkeypatch.setattr(search, "_hypotheses", lambda state: None)
+    sample = batches(task)[0]
+    with reads:
+        search.search(decoding, sample["net_input"])
+    assert len(steps) >= 12 and len(steps) % 3 == 0  # finished at a check
+    assert reads.calls == ["__bool__"] * (len(steps) // 3)

@@ -5,7 +5,9 @@ of beam search. Over static caches every input of a step lives in a buffer that 
 the rows to continue from, the caches), so the whole step is recorded once per length bucket and then replayed with
 one launch. The first step of a batch runs eagerly (it has nothing to reorder, and warms the libraries up before
 anything is recorded); each later step replays its bucket's graph, recorded when the bucket is first needed
-(recording runs nothing, the replay does). Graphs of one batch share a memory pool; they never run concurrently.
+(recording runs nothing, the replay does). A batch of the same shape as the last one (rows, output positions,
+source positions rounded up to 16) writes into the same buffers and replays the same graphs. The graphs share a
+memory pool; they never run concurrently.
 """
 
 import logging
@@ -28,7 +30,8 @@ class GraphedDecoding:
         self.failed: Optional[str] = None
 
     def start(self, net_input: Dict[str, Tensor], beam: int, max_len: int) -> None:
-        self.decoding.start(net_input, beam, max_len)
+        if self.decoding.start(net_input, beam, max_len):
+            return  # the last batch's buffers, and so its graphs
         rows = net_input["src_tokens"].size(0) * beam
         device = net_input["src_tokens"].device
         self.token = torch.zeros(rows, dtype=torch.long, device=device)

@@ -57,6 +57,7 @@ class StaticBeamGenerator(SequenceGenerator):
             check_every=check_every,
         )
         self._told = set()
+        self._static = None
 
     def _generate(
         self,
@@ -89,10 +90,13 @@ class StaticBeamGenerator(SequenceGenerator):
         if reason is not None:
             self._say_once("decoding", f"decoding: the model's incremental state (static caches: no, {reason})")
             return IncrementalDecoding(self.model, self.temperature)
-        decoding = StaticCacheDecoding(models[0], self.temperature)
         graphs = on_cuda and self.cuda_graphs
         self._say_once("decoding", f"decoding: static caches, CUDA graphs: {'yes' if graphs else 'no'}")
-        return GraphedDecoding(decoding) if graphs else decoding
+        if self._static is None or isinstance(self._static, GraphedDecoding) != graphs:
+            # kept across batches: a batch of the last one's shape reuses its buffers and graphs
+            decoding = StaticCacheDecoding(models[0], self.temperature)
+            self._static = GraphedDecoding(decoding) if graphs else decoding
+        return self._static
 
     def _say_once(self, topic: str, message: str) -> None:
         if topic not in self._told:

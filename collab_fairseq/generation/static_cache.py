@@ -74,6 +74,7 @@ class AttentionCache:
     def __init__(self, attn):
         self.attn = attn
         self.constants: Dict = {}
+        self.enc_keys = self.enc_values = self.enc_bias = None
         self.shared = isinstance(attn, CollaborativeMultiheadAttention) and attn.collaborative
         self.folded = self.shared and attn.content_bias is not None
         self.heads = attn.num_heads
@@ -104,7 +105,12 @@ class AttentionCache:
         return (q * attn.scaling).view(n, self.heads, -1), k.view(n, self.heads, -1), v
 
     # ------------------------------------------------------------------ self-attention
-    def allocate(self, rows: int, length: int, like: Tensor) -> None:
+    def allocate(self, rows: int, length: int, like: Tensor, reuse: bool) -> None:
+        """Caches for ``rows`` x ``length`` positions: new ones, or (``reuse``) the last batch's, zeroed."""
+        if reuse:
+            self.keys.zero_()
+            self.values.zero_()
+            return
         shape = (rows, length, self.key_width) if self.shared else (rows, self.heads, length, self.key_width)
         self.keys = like.new_zeros(shape)
         self.values = like.new_zeros(rows, self.heads, length, self.head_dim)
@@ -132,19 +138,22 @@ class AttentionCache:
         return self.attn.out_proj(out)
 
     # ------------------------------------------------------------------ encoder-decoder attention
-    def encode(self, encoder_out: Tensor, padding: Optional[Tensor]) -> None:
-        """Keys, values, content bias and padding of the encoder's output (S x B x C), once per sentence."""
+    def encode(self, encoder_out: Tensor, padding: Optional[Tensor], size: int, reuse: bool) -> None:
+        """Keys, values, content bias and padding of the encoder's output (S x B x C), once per sentence, in buffers
+        of ``size`` >= S source positions (those after S masked), the last batch's where ``reuse``."""
         enc = encoder_out.transpose(0, 1)  # B x S x C
         bsz, src_len, _ = enc.shape
-        self.enc_values = self.attn.v_proj(enc).view(bsz, src_len, self.heads, -1).transpose(1, 2)  # B x H x S x d
-        k = self.attn.k_proj(enc)
-        self.enc_keys = k if self.shared else k.view(bsz, src_len, self.heads, -1).transpose(1, 2)
+        values = self.attn.v_proj(enc).view(bsz, src_len, self.heads, -1).transpose(1, 2)  # B x H x S x d
+        keys = self.attn.k_proj(enc)
+        keys = keys if self.shared else keys.view(bsz, src_len, self.heads, -1).transpose(1, 2)
         bias = torch.zeros(bsz, 1, 1, src_len, dtype=enc.dtype, device=enc.device)  # B x (1 | H) x 1 x S
         if padding is not None:
             bias = bias.masked_fill(padding.view(bsz, 1, 1, src_len), -math.inf)
         if self.folded:
             bias = bias + self.attn.content_bias(enc).transpose(1, 2).unsqueeze(2)
-        self.enc_bias = bias
+        self.enc_values = _into(self.enc_values if reuse else None, values, 2, size, 0.0)
+        self.enc_keys = _into(self.enc_keys if reuse else None, keys, 1 if self.shared else 2, size, 0.0)
+        self.enc_bias = _into(self.enc_bias if reuse else None, bias, 3, size, -math.inf)
 
     def cross_step(self, x: Tensor) -> Tensor:
         """x: N x C (N = B*K); each sentence's K hypotheses attend to its encoder output together. Returns N x C."""
@@ -187,19 +196,28 @@ class StaticCacheDecoding:
         self.layers = [(layer, AttentionCache(layer.self_attn), AttentionCache(layer.encoder_attn)) for layer in
                        self.decoder.layers]  # fmt: skip
         self.pending: Optional[Tensor] = None
+        self.shape = None
 
-    def start(self, net_input: Dict[str, Tensor], beam: int, max_len: int) -> None:
+    def start(self, net_input: Dict[str, Tensor], beam: int, max_len: int) -> bool:
+        """Encode the batch and make its caches. With ``buckets``, the source positions are rounded up to a multiple
+        of 16, and a batch of the same shape as the last (rows, output and source positions) reuses its buffers,
+        and so the CUDA graphs recorded on them; returns whether it did."""
         encoder_out = self.model.encoder.forward_torchscript(net_input)
         enc = encoder_out["encoder_out"][0]
         padding = encoder_out["encoder_padding_mask"][0] if len(encoder_out["encoder_padding_mask"]) > 0 else None
-        rows = enc.size(1) * beam
-        self.length = max_len + 1
+        src_len = enc.size(0)
+        size = -(-src_len // 16) * 16 if self.buckets else src_len
+        shape = (enc.size(1) * beam, max_len + 1, size, enc.dtype, enc.device)
+        reuse = self.buckets and shape == self.shape
+        self.shape, self.length = shape, max_len + 1
         for _, self_attn, cross_attn in self.layers:
-            self_attn.allocate(rows, self.length, enc)
-            cross_attn.encode(enc, padding)
-        self.positions = self._position_table(enc, max_len + 1)
-        self.steps = torch.arange(self.length, device=enc.device)
+            self_attn.allocate(shape[0], self.length, enc, reuse)
+            cross_attn.encode(enc, padding, size, reuse)
+        if not reuse:
+            self.positions = self._position_table(enc, self.length)
+            self.steps = torch.arange(self.length, device=enc.device)
         self.pending = None
+        return reuse
 
     def _position_table(self, like: Tensor, length: int) -> Optional[Tensor]:
         """Positional embedding of every output position (length x C), as incremental decoding adds them."""
@@ -258,6 +276,19 @@ class StaticCacheDecoding:
             for name, size in self_attn.cache_bytes().items():
                 total[name] += size
         return total
+
+
+def _into(buffer: Optional[Tensor], value: Tensor, dim: int, size: int, fill: float) -> Tensor:
+    """``value`` extended along ``dim`` to ``size`` with ``fill``: written into ``buffer`` (of that shape) if given,
+    else into a new tensor."""
+    if buffer is None:
+        shape = list(value.shape)
+        shape[dim] = size
+        buffer = value.new_full(shape, fill)
+    else:
+        buffer.narrow(dim, value.size(dim), size - value.size(dim)).fill_(fill)
+    buffer.narrow(dim, 0, value.size(dim)).copy_(value)
+    return buffer
 
 
 def _sublayer(layer, norm, x: Tensor, fn) -> Tensor:
