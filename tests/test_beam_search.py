@@ -1,6 +1,8 @@
 """The fixed-batch beam search (collab_fairseq/generation) finds what fairseq's SequenceGenerator finds: the same
 hypotheses, in the same order, with the same scores, for both kinds of model and fairseq's search options."""
 
+import copy
+
 import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
@@ -228,3 +230,23 @@ def test_a_step_over_static_caches_reads_nothing_on_the_host(task_and_models, ki
         search.search(decoding, sample["net_input"])
     assert len(steps) >= 12 and len(steps) % 3 == 0  # finished at a check
     assert reads.calls == ["__bool__"] * (len(steps) // 3)
+
+
+def test_a_kept_generator_sees_weights_changed_in_place(task_and_models):
+    """Validation BLEU keeps one generator while training changes the weights in place: the static decoding's
+    constants (stacked projections, mixing) are made again."""
+    task, models = task_and_models
+    model = copy.deepcopy(models["collab"])
+    kept = StaticBeamGenerator([model], task.target_dictionary, use="always", beam_size=4)
+    sample = batches(task)[0]
+    kept.generate([model], sample)
+    with torch.no_grad():
+        for layer in model.decoder.layers:
+            layer.self_attn.k_proj.weight.mul_(-1.5)
+            layer.encoder_attn.mixing.mul_(0.5)
+    fresh = StaticBeamGenerator([model], task.target_dictionary, use="always", beam_size=4)
+    changed = fresh.generate([model], sample)
+    assert_same_hypotheses(kept.generate([model], sample), changed)
+    assert_same_hypotheses(
+        SequenceGenerator([model], task.target_dictionary, beam_size=4).generate([], sample), changed
+    )

@@ -197,11 +197,19 @@ class StaticCacheDecoding:
                        self.decoder.layers]  # fmt: skip
         self.pending: Optional[Tensor] = None
         self.shape = None
+        self.weights: Optional[List] = None  # (address, version) of each parameter at the last batch
 
     def start(self, net_input: Dict[str, Tensor], beam: int, max_len: int) -> bool:
         """Encode the batch and make its caches. With ``buckets``, the source positions are rounded up to a multiple
         of 16, and a batch of the same shape as the last (rows, output and source positions) reuses its buffers,
-        and so the CUDA graphs recorded on them; returns whether it did."""
+        and so the CUDA graphs recorded on them, unless a parameter has changed since (the constants made from the
+        weights are then made again); returns whether it did."""
+        weights = [(p.data_ptr(), p._version) for p in self.model.parameters()]
+        if weights != self.weights:  # trained (validation BLEU), moved or cast since the last batch: start afresh
+            self.weights, self.shape = weights, None
+            for _, self_attn, cross_attn in self.layers:
+                self_attn.constants.clear()
+                cross_attn.constants.clear()
         encoder_out = self.model.encoder.forward_torchscript(net_input)
         enc = encoder_out["encoder_out"][0]
         padding = encoder_out["encoder_padding_mask"][0] if len(encoder_out["encoder_padding_mask"]) > 0 else None
