@@ -102,11 +102,11 @@ def assert_same_lines(ours, theirs):
         assert scores == pytest.approx(their_scores, abs=1e-4)
 
 
-@pytest.mark.parametrize("extra", [[], ["--lenpen", "0.6", "--nbest", "3", "--prefix-size", "1"]])
-def test_fairseq_generate_with_the_task_prints_what_fairseq_prints(copy_data, collab_run, extra):
+def test_fairseq_generate_with_the_task_prints_what_fairseq_prints(copy_data, collab_run):
     _, bin_dir = copy_data
     common = [bin_dir, "--user-dir", USER_DIR, "--path", collab_run / "checkpoint_last.pt", "--beam", "4",
-              "--batch-size", "16", "--required-batch-size-multiple", "1", *extra]  # fmt: skip
+              "--batch-size", "16", "--required-batch-size-multiple", "1", "--lenpen", "0.6", "--nbest", "3",
+              "--prefix-size", "1"]  # fmt: skip
     with captured_logs() as log:
         ours = fairseq_generate(*common, "--task", "translation_fast", "--generator", "static")
     theirs = fairseq_generate(*common)
