@@ -1,17 +1,19 @@
 """The kernel issue's bookkeeping tools: the loss-scale reader, words/s over interleaved repeats, the summary, the
-layer benchmark's agreement check, the beam-search benchmark's timed second pass."""
+layer benchmark's agreement check, the beam-search benchmark's timed second pass, the host-read counter."""
 
 import json
 
 import attention_layer
 import beam_search
 import fp16_loss_scale
+import host_reads
 import performance_summary
 import pytest
 import torch
 import train_throughput
 
 from collab_fairseq.modules import CollaborativeMultiheadAttention
+from tests.helpers import TINY_MODEL, USER_DIR
 
 # the lines fairseq-train writes that the reader needs (arguments, overflow notes, train_inner, valid)
 LOG = """Namespace(..., fp16_init_scale=128, fp16_scale_window=None, min_loss_scale=0.0001, threshold_loss_scale=None)
@@ -178,3 +180,15 @@ def test_summary_gains_the_package_beam_search_ratios_and_keeps_what_it_merges(t
     assert result["commits"]["fast_beam_ratio"] == "new" and result["notes"] == {"beam_sentences_ratio": "kept"}
     (tmp_path / "fast.json").write_text(json.dumps({"rows": rows[2:]}))
     assert performance_summary.main(argv) == 2  # a configuration missing: refused
+
+
+def test_host_reads_finds_the_padding_checks_of_fairseqs_forward(copy_data):
+    """The encoder's ``encoder_padding_mask.any()`` branch is read once per micro-batch, in both models."""
+    _, bin_dir = copy_data
+    tiny = " ".join(TINY_MODEL)
+    for arch in ("transformer_iwslt_de_en", "transformer_collab_iwslt_de_en --collab-key-dim 16"):
+        updates = host_reads.record(str(bin_dir), f"--arch {arch} {tiny}", 3, USER_DIR)
+        summary = host_reads.summarize(updates, warmup=1)
+        sites = {(s["phase"], s["site"].split(" at ")[1].split(":")[0]): s["per_update"] for s in summary["sites"]}
+        assert sites[("micro-batch", "fairseq/models/transformer/transformer_encoder.py")] >= 1
+        assert summary["updates_counted"] == 2 and summary["cuda_reads_per_update"] == 0  # a CPU run
