@@ -266,3 +266,34 @@ def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, collab
             "--model-overrides",
             "{'collab_key_dim': 8}",
         )
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_the_encoder_computes_fairseqs_forward_without_reading_the_padding_mask(copy_data, collab_run, padded, mode):
+    """fairseq's encoder reads ``encoder_padding_mask.any()`` on the host before every layer (a sync on the GPU);
+    transformer_collab's computes the same outputs (and gradients) without reading anything."""
+    from fairseq.models.transformer import TransformerEncoderBase
+    from host_reads import HostReads
+
+    _, bin_dir = copy_data
+    model = load_model(collab_run / "checkpoint_last.pt", bin_dir).train(mode == "train")  # tiny: dropout 0
+    src_tokens = torch.randint(4, 40, (6, 9))
+    if padded:
+        src_tokens[:3, :4] = model.encoder.padding_idx  # left-padded, as fairseq batches sources
+    src_lengths = src_tokens.ne(model.encoder.padding_idx).sum(1)
+    ours_reads, their_reads = HostReads(), HostReads()
+    with ours_reads:
+        ours_reads.counting = True
+        ours = model.encoder(src_tokens, src_lengths)
+    with their_reads:
+        their_reads.counting = True
+        theirs = TransformerEncoderBase.forward_scriptable(model.encoder, src_tokens, src_lengths)
+    assert [name for _, name, where, _ in ours_reads.calls if "encoder" in where] == []
+    assert len([where for _, _, where, _ in their_reads.calls if "transformer_encoder.py" in where]) > 2  # 2 layers
+    for key in ("encoder_out", "encoder_padding_mask", "encoder_embedding", "src_lengths"):
+        assert torch.equal(ours[key][0], theirs[key][0]), key
+    if mode == "train":
+        grads = [torch.autograd.grad(out["encoder_out"][0].square().sum(), model.encoder.parameters(),
+                                     allow_unused=True) for out in (ours, theirs)]  # fmt: skip
+        assert all(torch.equal(a, b) for a, b in zip(*grads) if a is not None)

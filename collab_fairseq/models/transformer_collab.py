@@ -10,14 +10,16 @@ Every architecture of fairseq's ``transformer`` model has a ``transformer_collab
 import logging
 import os
 import sys
-from typing import Dict
+from typing import Dict, List, Optional
 
+import torch
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.distributed import fsdp_wrap
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase, TransformerModel
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from collab_fairseq.models.collab_config import CollabAttentionConfig, collab_layers, set_collab_defaults
 from collab_fairseq.modules import (
@@ -56,6 +58,41 @@ class TransformerCollabEncoder(TransformerEncoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, return_fc=False):
         self.collab_layers = collab_layers(cfg)  # before fairseq's __init__ builds the layers
         super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+
+    def forward_scriptable(
+        self,
+        src_tokens: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        return_all_hiddens: bool = False,
+        token_embeddings: Optional[Tensor] = None,
+    ):
+        """fairseq's encoder forward (same inputs and output dict: src_tokens B x S; encoder_out S x B x C), without
+        its ``if encoder_padding_mask.any()``: every layer gets the padding mask, all False where there is no padding,
+        which computes the same. fairseq evaluates that condition before each layer, a host sync on the GPU that
+        waits for the previous layer to finish (tests/test_model.py compares the two)."""
+        encoder_padding_mask = src_tokens.eq(self.padding_idx)
+        x, encoder_embedding = self.forward_embedding(src_tokens, token_embeddings)
+        x = (x * (1 - encoder_padding_mask.unsqueeze(-1).type_as(x))).transpose(0, 1)  # B x S x C -> S x B x C
+        encoder_states: List[Tensor] = [x] if return_all_hiddens else []
+        fc_results: List[Optional[Tensor]] = []
+        for layer in self.layers:
+            out = layer(x, encoder_padding_mask=encoder_padding_mask)
+            x, fc_result = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+            if return_all_hiddens and not torch.jit.is_scripting():
+                encoder_states.append(x)
+                fc_results.append(fc_result)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        src_lengths = src_tokens.ne(self.padding_idx).sum(dim=1, dtype=torch.int32).reshape(-1, 1).contiguous()
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [encoder_padding_mask],
+            "encoder_embedding": [encoder_embedding],
+            "encoder_states": encoder_states,
+            "fc_results": fc_results,
+            "src_tokens": [],
+            "src_lengths": [src_lengths],
+        }
 
     def build_encoder_layer(self, cfg):
         collab = _layer_options(self, ["encoder_self"])
