@@ -270,30 +270,41 @@ def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, collab
 
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_the_encoder_computes_fairseqs_forward_without_reading_the_padding_mask(copy_data, collab_run, padded, mode):
-    """fairseq's encoder reads ``encoder_padding_mask.any()`` on the host before every layer (a sync on the GPU);
-    transformer_collab's computes the same outputs (and gradients) without reading anything."""
-    from fairseq.models.transformer import TransformerEncoderBase
+def test_encoder_and_decoder_compute_fairseqs_forward_without_reading_padding(copy_data, collab_run, padded, mode):
+    """fairseq's encoder reads ``encoder_padding_mask.any()`` on the host before every layer, its decoder
+    ``prev_output_tokens.eq(pad).any()`` once (each a sync on the GPU); transformer_collab's compute the same outputs
+    and gradients without reading anything."""
+    from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
     from host_reads import HostReads
 
     _, bin_dir = copy_data
     model = load_model(collab_run / "checkpoint_last.pt", bin_dir).train(mode == "train")  # tiny: dropout 0
-    src_tokens = torch.randint(4, 40, (6, 9))
+    pad = model.encoder.padding_idx
+    src_tokens, prev_output_tokens = torch.randint(4, 40, (6, 9)), torch.randint(4, 40, (6, 7))
     if padded:
-        src_tokens[:3, :4] = model.encoder.padding_idx  # left-padded, as fairseq batches sources
-    src_lengths = src_tokens.ne(model.encoder.padding_idx).sum(1)
+        src_tokens[:3, :4] = pad  # left-padded, as fairseq batches sources
+        prev_output_tokens[2:, 5:] = pad  # right-padded targets
+    src_lengths = src_tokens.ne(pad).sum(1)
+
+    def forward(encode, decode):
+        encoder_out = encode(model.encoder, src_tokens, src_lengths)
+        return encoder_out, decode(model.decoder, prev_output_tokens, encoder_out)
+
     ours_reads, their_reads = HostReads(), HostReads()
     with ours_reads:
         ours_reads.counting = True
-        ours = model.encoder(src_tokens, src_lengths)
+        ours = forward(type(model.encoder).forward_scriptable, type(model.decoder).extract_features_scriptable)
     with their_reads:
         their_reads.counting = True
-        theirs = TransformerEncoderBase.forward_scriptable(model.encoder, src_tokens, src_lengths)
-    assert [name for _, name, where, _ in ours_reads.calls if "encoder" in where] == []
-    assert len([where for _, _, where, _ in their_reads.calls if "transformer_encoder.py" in where]) > 2  # 2 layers
+        theirs = forward(TransformerEncoderBase.forward_scriptable, TransformerDecoderBase.extract_features_scriptable)
+    assert [call for call in ours_reads.calls if "transformer_" in call[2]] == []
+    their_sites = [where.split(":")[0] for _, _, where, _ in their_reads.calls]
+    assert their_sites.count("fairseq/models/transformer/transformer_encoder.py") > 2  # 2 layers
+    assert their_sites.count("fairseq/models/transformer/transformer_decoder.py") == 1
     for key in ("encoder_out", "encoder_padding_mask", "encoder_embedding", "src_lengths"):
-        assert torch.equal(ours[key][0], theirs[key][0]), key
+        assert torch.equal(ours[0][key][0], theirs[0][key][0]), key
+    assert torch.equal(ours[1][0], theirs[1][0]) and torch.equal(ours[1][1]["attn"][0], theirs[1][1]["attn"][0])
     if mode == "train":
-        grads = [torch.autograd.grad(out["encoder_out"][0].square().sum(), model.encoder.parameters(),
-                                     allow_unused=True) for out in (ours, theirs)]  # fmt: skip
+        grads = [torch.autograd.grad(features.square().sum(), model.parameters(), allow_unused=True)
+                 for _, (features, _) in (ours, theirs)]  # fmt: skip
         assert all(torch.equal(a, b) for a, b in zip(*grads) if a is not None)

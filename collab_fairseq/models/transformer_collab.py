@@ -108,6 +108,68 @@ class TransformerCollabDecoder(TransformerDecoderBase):
         collab = _layer_options(self, ["decoder_self", "encoder_decoder"])
         return _wrap_layer(TransformerCollabDecoderLayer(cfg, no_encoder_attn, collab=collab), cfg)
 
+    def extract_features_scriptable(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]],
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        full_context_alignment: bool = False,
+        alignment_layer: Optional[int] = None,
+        alignment_heads: Optional[int] = None,
+    ):
+        """fairseq's decoder features (prev_output_tokens B x T -> B x T x C and {"attn", "inner_states"}), without
+        its ``if prev_output_tokens.eq(pad).any()``, a host sync on the GPU that waits for the encoder to finish:
+        outside incremental decoding every layer gets the padding mask, all False where there is none, which computes
+        the same; a decoding step's one token is never padding, and gets none, as in fairseq."""
+        alignment_layer = self.num_layers - 1 if alignment_layer is None else alignment_layer
+        enc = encoder_out["encoder_out"][0] if encoder_out is not None and encoder_out["encoder_out"] else None
+        has_padding = encoder_out is not None and len(encoder_out["encoder_padding_mask"]) > 0
+        padding_mask = encoder_out["encoder_padding_mask"][0] if has_padding else None
+        positions = None
+        if self.embed_positions is not None:
+            positions = self.embed_positions(prev_output_tokens, incremental_state=incremental_state)
+        if incremental_state is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+            positions = positions[:, -1:] if positions is not None else None
+        x = self.embed_scale * self.embed_tokens(prev_output_tokens.contiguous())
+        if self.quant_noise is not None:
+            x = self.quant_noise(x)
+        if self.project_in_dim is not None:
+            x = self.project_in_dim(x)
+        if positions is not None:
+            x += positions
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        x = self.dropout_module(x).transpose(0, 1)  # B x T x C -> T x B x C
+        self_attn_padding_mask: Optional[Tensor] = None
+        if self.cross_self_attention or incremental_state is None:
+            self_attn_padding_mask = prev_output_tokens.eq(self.padding_idx)
+        attn: Optional[Tensor] = None
+        inner_states: List[Optional[Tensor]] = [x]
+        for idx, layer in enumerate(self.layers):
+            causal = incremental_state is None and not full_context_alignment
+            x, layer_attn, _ = layer(
+                x,
+                enc,
+                padding_mask,
+                incremental_state,
+                self_attn_mask=self.buffered_future_mask(x) if causal else None,
+                self_attn_padding_mask=self_attn_padding_mask,
+                need_attn=bool(idx == alignment_layer),
+                need_head_weights=bool(idx == alignment_layer),
+            )
+            inner_states.append(x)
+            if layer_attn is not None and idx == alignment_layer:
+                attn = layer_attn.float().to(x)
+        if attn is not None:
+            attn = (attn[:alignment_heads] if alignment_heads is not None else attn).mean(dim=0)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        x = x.transpose(0, 1)  # T x B x C -> B x T x C
+        if self.project_out_dim is not None:
+            x = self.project_out_dim(x)
+        return x, {"attn": [attn], "inner_states": inner_states}
+
     def buffered_future_mask(self, tensor):
         """fairseq's future mask, tagged as such: the kernels that take it as ``is_causal`` need not read its values
         (a host sync on the GPU)."""
