@@ -27,6 +27,8 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
+from collab_fairseq.provenance import code_provenance
+
 READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "masked_select",
                    "unique", "cpu", "numpy", "_local_scalar_dense", "equal", "allclose", "any_", "all_"})  # fmt: skip
 COMMON = (
@@ -140,7 +142,8 @@ def main(argv=None):
         results[name] = summarize(record(args.data, flags, args.updates, user_dir), args.warmup)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": "cuda" if torch.cuda.is_available() else "cpu", "configs": results}, f, indent=1)
+            device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+            json.dump({**code_provenance(), "device": device, "configs": results}, f, indent=1)
     print("| config | reads / update | of CUDA tensors | in micro-batches | in the rest of the update | between |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
