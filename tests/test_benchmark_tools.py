@@ -1,6 +1,7 @@
 """The kernel issue's bookkeeping tools: the loss-scale reader, words/s over interleaved repeats, the summary, the
 layer benchmark's agreement check, the beam-search benchmark's timed second pass, the host-read counter."""
 
+import collections
 import json
 
 import attention_layer
@@ -182,13 +183,20 @@ def test_summary_gains_the_package_beam_search_ratios_and_keeps_what_it_merges(t
     assert performance_summary.main(argv) == 2  # a configuration missing: refused
 
 
-def test_host_reads_finds_the_padding_checks_of_fairseqs_forward(copy_data):
-    """The encoder's ``encoder_padding_mask.any()`` branch is read once per micro-batch, in both models."""
+def test_host_reads_finds_fairseqs_padding_checks_and_none_in_transformer_collab(copy_data):
+    """fairseq's encoder reads ``encoder_padding_mask.any()`` once per layer of a micro-batch, its decoder once;
+    transformer_collab's forward reads neither (what is left: the positional embedding's CPU shape checks)."""
     _, bin_dir = copy_data
     tiny = " ".join(TINY_MODEL)
-    for arch in ("transformer_iwslt_de_en", "transformer_collab_iwslt_de_en --collab-key-dim 16"):
-        updates = host_reads.record(str(bin_dir), f"--arch {arch} {tiny}", 3, USER_DIR)
-        summary = host_reads.summarize(updates, warmup=1)
-        sites = {(s["phase"], s["site"].split(" at ")[1].split(":")[0]): s["per_update"] for s in summary["sites"]}
-        assert sites[("micro-batch", "fairseq/models/transformer/transformer_encoder.py")] >= 1
+    reads = {}
+    for name, arch in (("transformer", "transformer_iwslt_de_en"), ("collab", "transformer_collab_iwslt_de_en "
+                                                                              "--collab-key-dim 16")):  # fmt: skip
+        summary = host_reads.summarize(host_reads.record(str(bin_dir), f"--arch {arch} {tiny}", 3, USER_DIR), 1)
         assert summary["updates_counted"] == 2 and summary["cuda_reads_per_update"] == 0  # a CPU run
+        reads[name] = collections.Counter()
+        for site in summary["sites"]:
+            if site["phase"] == "micro-batch":
+                reads[name][site["site"].split(" at ")[1].split(":")[0]] += site["per_update"]
+    assert reads["transformer"]["fairseq/models/transformer/transformer_encoder.py"] == 2 + 1  # 2 layers + 1 CPU
+    assert reads["transformer"]["fairseq/models/transformer/transformer_decoder.py"] == 1
+    assert set(reads["collab"]) == {"fairseq/modules/sinusoidal_positional_embedding.py"}
