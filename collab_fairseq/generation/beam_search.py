@@ -9,8 +9,8 @@ candidates, EOS taken only among the first ``beam`` of them, ``cands_to_ignore``
 with their first-beam replication, ``min_len`` / ``max_len``), so the hypotheses and scores are fairseq's
 (tests/test_beam_search.py).
 
-The decoder is a :class:`~collab_fairseq.generation.decoding.Decoding`: ``start`` runs the encoder, ``step`` gives
-the next log-probabilities of every row (B*K x V) and ``reorder`` selects the rows that go on.
+The decoding is one of incremental.py's, static_cache.py's or cuda_graphs.py's: ``start`` runs the encoder, ``step``
+gives the next log-probabilities of every row (B*K x V) and ``reorder`` selects the rows that go on.
 """
 
 import math
@@ -48,8 +48,8 @@ class FixedBatchBeamSearch:
     """fairseq's beam search (``search.BeamSearch`` in ``SequenceGenerator``) over a batch that keeps its size.
 
     Arguments are SequenceGenerator's, with its meaning (``max_len``: the model's bound where fairseq's is 0);
-    ``check_every``: steps between the host's checks whether
-    every sentence is finished (the one host sync of the loop).
+    ``check_every``: steps between the host's checks whether every sentence is finished (the one host sync of the
+    loop).
     """
 
     def __init__(

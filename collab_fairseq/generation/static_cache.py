@@ -4,10 +4,11 @@ fairseq's incremental decoding grows every self-attention cache by concatenation
 side once per hypothesis (beam times the sentence's). Here each layer's caches are allocated once per batch at the
 longest output: the self-attention keys and values are written in place at the step's position and attended up to a
 length bucket (positions after the step masked), and the encoder side is kept once per sentence, the K hypotheses of
-a sentence attending to it together. A collaborative layer caches its shared keys once (N x L x D_k) and its content
-bias (N x H x L), not per head: the smaller cache the paper's key dimension buys. Every operator of a step has shapes
-fixed by (batch, bucket), and the step number is a tensor, so a step can be captured as a CUDA graph
-(``cuda_graphs.py``).
+a sentence attending to it together. A collaborative layer caches its shared keys once, with the content bias folded
+in (N x L x (D_k + H)), not per head: the smaller cache the paper's key dimension buys. A self-attention step's
+projections are one GEMM (the layer's own stacked weights). Every operator of a step has shapes fixed by (batch,
+bucket), and the step number is a tensor, so a step can be captured as a CUDA graph (``cuda_graphs.py``); batches of
+one shape reuse the buffers.
 
 Shapes: N = B*K rows (K hypotheses per sentence, in sentence order), C model width, H heads, d = C/H, S source
 length, L cache length, D_k the shared key width.
