@@ -28,6 +28,7 @@ from collab_fairseq.modules.collab_projections import folded_mixing, kept, proje
 from collab_fairseq.modules.collaborative_attention import CollaborativeMultiheadAttention
 
 POSITIONS = (SinusoidalPositionalEmbedding, LearnedPositionalEmbedding, type(None))
+BUCKET = 32  # attended lengths are multiples of this (fairseq2's beam search lost time reordering whole caches)
 
 
 def unsupported_decoder(model) -> Optional[str]:
@@ -184,7 +185,8 @@ class AttentionCache:
 class StaticCacheDecoding:
     """``start`` / ``step`` / ``reorder`` (the search's decoding interface) of one fairseq transformer-style model
     over static caches. ``buckets``: False attends to exactly the positions decoded so far (the CPU default: closest
-    to fairseq's arithmetic); True to the next power of two (>= 16), so a run has a few step shapes (CUDA graphs)."""
+    to fairseq's arithmetic); True to the next multiple of BUCKET, so a run has a few step shapes (CUDA graphs), and a
+    step reorders and attends to at most BUCKET - 1 positions that are not decoded yet."""
 
     def __init__(self, model, temperature: float = 1.0, buckets: bool = False):
         reason = unsupported_decoder(model)
@@ -238,7 +240,7 @@ class StaticCacheDecoding:
     def attended_length(self, step: int) -> int:
         if not self.buckets:
             return step + 1
-        return min(max(16, 1 << step.bit_length()), self.length)
+        return min(-(-(step + 1) // BUCKET) * BUCKET, self.length)
 
     def reorder(self, rows: Tensor) -> None:
         self.pending = rows  # applied by the next step, over its attended length
