@@ -307,6 +307,3 @@ def _sublayer(layer, norm, x: Tensor, fn) -> Tensor:
     if layer.normalize_before:
         return layer.residual_connection(fn(norm(x)), x)
     return norm(layer.residual_connection(fn(x), x))
-
-
-__all__: List[str] = ["StaticCacheDecoding", "unsupported_decoder"]
