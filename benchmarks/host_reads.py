@@ -7,6 +7,12 @@ reads a tensor's values on the host (``item``, ``tolist``, ``__bool__``, ``nonze
 norm, optimizer, logging) or ``outside`` (the data iterator, progress logging). Reported per configuration: reads
 per update in each phase (median over the updates after --warmup) and the call sites with their reads per update.
 
+Where the step's time goes: the wall time per update (between the starts of two updates, median), the host's time
+inside the task's train_step (forward and backward launched; on CUDA it includes waiting wherever a read syncs) and
+in the rest of fairseq's update, and, with --profile-updates N on CUDA, the device's busy time per update (the sum
+of its kernels' times under torch.profiler over N extra updates, not timed themselves). Wall time near device time
+means the GPU sets the pace; wall time well above it means the host does.
+
 On CUDA these are the host syncs of a step (torch.cuda.set_sync_debug_mode counts the same); on the CPU they are the
 CPU code path's (fairseq's --fp16 overflow check, for one, runs only on CUDA). The mode sees calls that go through
 torch's Python API, not reads made inside C++ operators.
@@ -23,6 +29,7 @@ import os
 import shlex
 import statistics
 import sys
+import time
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -71,34 +78,50 @@ def caller() -> str:
     return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
 
 
-def record(data: str, flags: str, updates: int, user_dir: str) -> list:
-    """[[(phase, name, caller, device), ...] per update] of fairseq-train with ``flags``."""
+def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: int = 0) -> tuple:
+    """([[(phase, name, caller, device), ...] per update], [timing per update], device busy s per profiled update
+    or None) of fairseq-train with ``flags``: ``updates`` counted updates, then ``profile_updates`` profiled ones
+    (CUDA only)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.tasks.fairseq_task import FairseqTask
     from fairseq.trainer import Trainer
     from fairseq_cli import train
 
-    reads, per_update = HostReads(), []
+    reads, per_update, timing = HostReads(), [], []
     trainer_step, task_step = Trainer.train_step, FairseqTask.train_step
+    profile = profile_updates > 0 and torch.cuda.is_available()
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) if profile else None
 
     def update(self, *args, **kwargs):
-        start = len(reads.calls)
+        if len(per_update) == updates and profile:
+            torch.cuda.synchronize()
+            reads.counting = False
+            profiler.start()
+        start, began = len(reads.calls), time.perf_counter()
+        timing.append({"start": began, "micro_batch_s": 0.0})
         reads.phase = "update"
         try:
             return trainer_step(self, *args, **kwargs)
         finally:
             reads.phase = "outside"
             per_update.append(start)
+            timing[-1]["update_s"] = time.perf_counter() - began
+            if len(per_update) == updates + profile_updates and profile:
+                torch.cuda.synchronize()
+                profiler.stop()
 
     def micro_batch(self, *args, **kwargs):
         reads.phase = "micro-batch"
+        began = time.perf_counter()
         try:
             return task_step(self, *args, **kwargs)
         finally:
             reads.phase = "update"
+            timing[-1]["micro_batch_s"] += time.perf_counter() - began
 
-    argv = [data, "--user-dir", user_dir, "--max-update", str(updates), *shlex.split(COMMON), *shlex.split(flags)]
+    total = updates + (profile_updates if profile else 0)
+    argv = [data, "--user-dir", user_dir, "--max-update", str(total), *shlex.split(COMMON), *shlex.split(flags)]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     Trainer.train_step, FairseqTask.train_step = update, micro_batch
     try:
@@ -108,8 +131,32 @@ def record(data: str, flags: str, updates: int, user_dir: str) -> list:
     finally:
         Trainer.train_step, FairseqTask.train_step = trainer_step, task_step
     # update i: from its start to the next one's (what happens between two updates belongs to the earlier)
-    bounds = per_update + [len(reads.calls)]
-    return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])]
+    bounds = per_update[:updates] + [per_update[updates] if len(per_update) > updates else len(reads.calls)]
+    device_s = None
+    if profile:
+        busy_us = sum(e.self_device_time_total for e in profiler.key_averages())
+        device_s = busy_us / 1e6 / profile_updates
+    for t, nxt in zip(timing, timing[1:]):
+        t["wall_s"] = nxt["start"] - t["start"]
+    return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])], timing[:updates], device_s
+
+
+def summarize_time(timing: list, warmup: int, device_s) -> dict:
+    """Medians over the updates after ``warmup``, in ms."""
+    steady = [t for t in timing[warmup:] if "wall_s" in t] or [t for t in timing if "wall_s" in t]
+
+    def ms(key):
+        return round(1000 * statistics.median(t[key] for t in steady), 2) if steady else None
+
+    wall = ms("wall_s")
+    update_rest = [t["update_s"] - t["micro_batch_s"] for t in steady]
+    return {
+        "wall_ms_per_update": wall,
+        "micro_batch_host_ms_per_update": ms("micro_batch_s"),
+        "rest_of_update_host_ms": round(1000 * statistics.median(update_rest), 2) if steady else None,
+        "device_busy_ms_per_update": None if device_s is None else round(1000 * device_s, 2),
+        "device_busy_fraction": None if device_s is None or not wall else round(1000 * device_s / wall, 3),
+    }
 
 
 def summarize(updates: list, warmup: int) -> dict:
@@ -133,13 +180,15 @@ def main(argv=None):
     p.add_argument("--config", action="append", required=True, help="NAME:FLAGS (fairseq-train flags)")
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--profile-updates", type=int, default=0, help="CUDA: profile this many extra updates")
     p.add_argument("--out")
     args = p.parse_args(argv)
     user_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
     results = {}
     for spec in args.config:
         name, _, flags = spec.partition(":")
-        results[name] = summarize(record(args.data, flags, args.updates, user_dir), args.warmup)
+        calls, timing, device_s = record(args.data, flags, args.updates, user_dir, args.profile_updates)
+        results[name] = {**summarize(calls, args.warmup), "time": summarize_time(timing, args.warmup, device_s)}
     if args.out:
         with open(args.out, "w") as f:
             device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -150,6 +199,15 @@ def main(argv=None):
         phase = r["reads_per_update_by_phase"]
         print(f"| {name} | {r['reads_per_update']} | {r['cuda_reads_per_update']} | {phase['micro-batch']} "
               f"| {phase['update']} | {phase['outside']} |")  # fmt: skip
+    print("\n| config | wall ms / update | host ms in train_step | host ms in the rest of the update "
+          "| device busy ms / update | busy fraction |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        t = r["time"]
+        print(
+            f"| {name} | {t['wall_ms_per_update']} | {t['micro_batch_host_ms_per_update']} "
+            f"| {t['rest_of_update_host_ms']} | {t['device_busy_ms_per_update']} | {t['device_busy_fraction']} |"
+        )
     for name, r in results.items():
         print(f"\n{name}: call sites (reads per update, device of the tensor read)")
         for site in r["sites"]:
