@@ -270,15 +270,22 @@ def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, collab
 
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_encoder_and_decoder_compute_fairseqs_forward_without_reading_padding(copy_data, collab_run, padded, mode):
+@pytest.mark.parametrize("kind", ["collab", "transformer"])
+def test_encoder_and_decoder_compute_fairseqs_forward_without_reading_padding(
+    copy_data, collab_run, transformer_checkpoint, padded, mode, kind
+):
     """fairseq's encoder reads ``encoder_padding_mask.any()`` on the host before every layer, its decoder
-    ``prev_output_tokens.eq(pad).any()`` once (each a sync on the GPU); transformer_collab's compute the same outputs
-    and gradients without reading anything."""
+    ``prev_output_tokens.eq(pad).any()`` once (each a sync on the GPU); transformer_collab's, and fairseq's transformer
+    after make_sync_free, compute the same outputs and gradients without reading anything."""
     from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
     from host_reads import HostReads
 
+    from collab_fairseq.models.sync_free import make_sync_free
+
     _, bin_dir = copy_data
-    model = load_model(collab_run / "checkpoint_last.pt", bin_dir).train(mode == "train")  # tiny: dropout 0
+    checkpoint = collab_run / "checkpoint_last.pt" if kind == "collab" else transformer_checkpoint
+    model = load_model(checkpoint, bin_dir).train(mode == "train")  # tiny: dropout 0
+    assert make_sync_free(model)
     pad = model.encoder.padding_idx
     src_tokens, prev_output_tokens = torch.randint(4, 40, (6, 9)), torch.randint(4, 40, (6, 7))
     if padded:
@@ -293,11 +300,12 @@ def test_encoder_and_decoder_compute_fairseqs_forward_without_reading_padding(co
     ours_reads, their_reads = HostReads(), HostReads()
     with ours_reads:
         ours_reads.counting = True
-        ours = forward(type(model.encoder).forward_scriptable, type(model.decoder).extract_features_scriptable)
+        ours = forward(lambda _, *a: model.encoder.forward_scriptable(*a),
+                       lambda _, *a: model.decoder.extract_features_scriptable(*a))  # fmt: skip
     with their_reads:
         their_reads.counting = True
         theirs = forward(TransformerEncoderBase.forward_scriptable, TransformerDecoderBase.extract_features_scriptable)
-    assert [call for call in ours_reads.calls if "transformer_" in call[2]] == []
+    assert [call for call in ours_reads.calls if "sinusoidal_positional_embedding" not in call[2]] == []
     their_sites = [where.split(":")[0] for _, _, where, _ in their_reads.calls]
     assert their_sites.count("fairseq/models/transformer/transformer_encoder.py") > 2  # 2 layers
     assert their_sites.count("fairseq/models/transformer/transformer_decoder.py") == 1

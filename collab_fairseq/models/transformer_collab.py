@@ -10,18 +10,17 @@ Every architecture of fairseq's ``transformer`` model has a ``transformer_collab
 import logging
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict
 
-import torch
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.distributed import fsdp_wrap
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_NAME_REGISTRY, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase, TransformerModel
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from omegaconf import OmegaConf
-from torch import Tensor
 
 from collab_fairseq.models.collab_config import CollabAttentionConfig, collab_layers, set_collab_defaults
+from collab_fairseq.models.sync_free import SyncFreeDecoderMixin, SyncFreeEncoderMixin
 from collab_fairseq.modules import (
     CollaborativeMultiheadAttention,
     TransformerCollabDecoderLayer,
@@ -54,52 +53,17 @@ def _layer_options(stack, kinds) -> dict:
     return {kind: stack.collab_layers[(kind, index)] for kind in kinds if (kind, index) in stack.collab_layers}
 
 
-class TransformerCollabEncoder(TransformerEncoderBase):
+class TransformerCollabEncoder(SyncFreeEncoderMixin, TransformerEncoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, return_fc=False):
         self.collab_layers = collab_layers(cfg)  # before fairseq's __init__ builds the layers
         super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
-
-    def forward_scriptable(
-        self,
-        src_tokens: Tensor,
-        src_lengths: Optional[Tensor] = None,
-        return_all_hiddens: bool = False,
-        token_embeddings: Optional[Tensor] = None,
-    ):
-        """fairseq's encoder forward (same inputs and output dict: src_tokens B x S; encoder_out S x B x C), without
-        its ``if encoder_padding_mask.any()``: every layer gets the padding mask, all False where there is no padding,
-        which computes the same. fairseq evaluates that condition before each layer, a host sync on the GPU that
-        waits for the previous layer to finish (tests/test_model.py compares the two)."""
-        encoder_padding_mask = src_tokens.eq(self.padding_idx)
-        x, encoder_embedding = self.forward_embedding(src_tokens, token_embeddings)
-        x = (x * (1 - encoder_padding_mask.unsqueeze(-1).type_as(x))).transpose(0, 1)  # B x S x C -> S x B x C
-        encoder_states: List[Tensor] = [x] if return_all_hiddens else []
-        fc_results: List[Optional[Tensor]] = []
-        for layer in self.layers:
-            out = layer(x, encoder_padding_mask=encoder_padding_mask)
-            x, fc_result = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
-            if return_all_hiddens and not torch.jit.is_scripting():
-                encoder_states.append(x)
-                fc_results.append(fc_result)
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        src_lengths = src_tokens.ne(self.padding_idx).sum(dim=1, dtype=torch.int32).reshape(-1, 1).contiguous()
-        return {
-            "encoder_out": [x],
-            "encoder_padding_mask": [encoder_padding_mask],
-            "encoder_embedding": [encoder_embedding],
-            "encoder_states": encoder_states,
-            "fc_results": fc_results,
-            "src_tokens": [],
-            "src_lengths": [src_lengths],
-        }
 
     def build_encoder_layer(self, cfg):
         collab = _layer_options(self, ["encoder_self"])
         return _wrap_layer(TransformerCollabEncoderLayer(cfg, return_fc=self.return_fc, collab=collab), cfg)
 
 
-class TransformerCollabDecoder(TransformerDecoderBase):
+class TransformerCollabDecoder(SyncFreeDecoderMixin, TransformerDecoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, no_encoder_attn=False, output_projection=None):
         self.collab_layers = collab_layers(cfg)
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn, output_projection)
@@ -107,68 +71,6 @@ class TransformerCollabDecoder(TransformerDecoderBase):
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         collab = _layer_options(self, ["decoder_self", "encoder_decoder"])
         return _wrap_layer(TransformerCollabDecoderLayer(cfg, no_encoder_attn, collab=collab), cfg)
-
-    def extract_features_scriptable(
-        self,
-        prev_output_tokens: Tensor,
-        encoder_out: Optional[Dict[str, List[Tensor]]],
-        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
-        full_context_alignment: bool = False,
-        alignment_layer: Optional[int] = None,
-        alignment_heads: Optional[int] = None,
-    ):
-        """fairseq's decoder features (prev_output_tokens B x T -> B x T x C and {"attn", "inner_states"}), without
-        its ``if prev_output_tokens.eq(pad).any()``, a host sync on the GPU that waits for the encoder to finish:
-        outside incremental decoding every layer gets the padding mask, all False where there is none, which computes
-        the same; a decoding step's one token is never padding, and gets none, as in fairseq."""
-        alignment_layer = self.num_layers - 1 if alignment_layer is None else alignment_layer
-        enc = encoder_out["encoder_out"][0] if encoder_out is not None and encoder_out["encoder_out"] else None
-        has_padding = encoder_out is not None and len(encoder_out["encoder_padding_mask"]) > 0
-        padding_mask = encoder_out["encoder_padding_mask"][0] if has_padding else None
-        positions = None
-        if self.embed_positions is not None:
-            positions = self.embed_positions(prev_output_tokens, incremental_state=incremental_state)
-        if incremental_state is not None:
-            prev_output_tokens = prev_output_tokens[:, -1:]
-            positions = positions[:, -1:] if positions is not None else None
-        x = self.embed_scale * self.embed_tokens(prev_output_tokens.contiguous())
-        if self.quant_noise is not None:
-            x = self.quant_noise(x)
-        if self.project_in_dim is not None:
-            x = self.project_in_dim(x)
-        if positions is not None:
-            x += positions
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = self.dropout_module(x).transpose(0, 1)  # B x T x C -> T x B x C
-        self_attn_padding_mask: Optional[Tensor] = None
-        if self.cross_self_attention or incremental_state is None:
-            self_attn_padding_mask = prev_output_tokens.eq(self.padding_idx)
-        attn: Optional[Tensor] = None
-        inner_states: List[Optional[Tensor]] = [x]
-        for idx, layer in enumerate(self.layers):
-            causal = incremental_state is None and not full_context_alignment
-            x, layer_attn, _ = layer(
-                x,
-                enc,
-                padding_mask,
-                incremental_state,
-                self_attn_mask=self.buffered_future_mask(x) if causal else None,
-                self_attn_padding_mask=self_attn_padding_mask,
-                need_attn=bool(idx == alignment_layer),
-                need_head_weights=bool(idx == alignment_layer),
-            )
-            inner_states.append(x)
-            if layer_attn is not None and idx == alignment_layer:
-                attn = layer_attn.float().to(x)
-        if attn is not None:
-            attn = (attn[:alignment_heads] if alignment_heads is not None else attn).mean(dim=0)
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        x = x.transpose(0, 1)  # T x B x C -> B x T x C
-        if self.project_out_dim is not None:
-            x = self.project_out_dim(x)
-        return x, {"attn": [attn], "inner_states": inner_states}
 
     def buffered_future_mask(self, tensor):
         """fairseq's future mask, tagged as such: the kernels that take it as ``is_causal`` need not read its values
