@@ -7,7 +7,8 @@ reads a tensor's values on the host (``item``, ``tolist``, ``__bool__``, ``nonze
 norm, optimizer, logging) or ``outside`` (the data iterator, progress logging). Reported per configuration: reads
 per update in each phase (median over the updates after --warmup) and the call sites with their reads per update.
 
-Where the step's time goes: the wall time per update (between the starts of two updates, median), the host's time
+Where the step's time goes (a second run of each configuration, without the recording's overhead): the wall time per
+update (between the starts of two updates, median), the host's time
 inside the task's train_step (forward and backward launched; on CUDA it includes waiting wherever a read syncs) and
 in the rest of fairseq's update, and, with --profile-updates N on CUDA, the device's busy time per update (the sum
 of its kernels' times under torch.profiler over N extra updates, not timed themselves). Wall time near device time
@@ -24,6 +25,7 @@ torch's Python API, not reads made inside C++ operators.
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shlex
@@ -78,18 +80,21 @@ def caller() -> str:
     return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
 
 
-def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: int = 0) -> tuple:
+def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: int = 0, count: bool = True) -> tuple:
     """([[(phase, name, caller, device), ...] per update], [timing per update], device busy s per profiled update
-    or None) of fairseq-train with ``flags``: ``updates`` counted updates, then ``profile_updates`` profiled ones
-    (CUDA only)."""
+    or None) of fairseq-train with ``flags``: ``updates`` updates, then ``profile_updates`` profiled ones (CUDA only).
+    ``count``: record host reads (the mode's Python call per torch call slows the host: time a run without it)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.tasks.fairseq_task import FairseqTask
     from fairseq.trainer import Trainer
     from fairseq_cli import train
 
+    from collab_fairseq.tasks.translation_fast import TranslationFastTask
+
     reads, per_update, timing = HostReads(), [], []
-    trainer_step, task_step = Trainer.train_step, FairseqTask.train_step
+    tasks = (FairseqTask, TranslationFastTask)  # the fast task's train_step may call fairseq's: phases nest
+    trainer_step, task_steps = Trainer.train_step, [t.__dict__["train_step"] for t in tasks]
     profile = profile_updates > 0 and torch.cuda.is_available()
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) if profile else None
 
@@ -111,25 +116,35 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
                 torch.cuda.synchronize()
                 profiler.stop()
 
-    def micro_batch(self, *args, **kwargs):
-        reads.phase = "micro-batch"
-        began = time.perf_counter()
-        try:
-            return task_step(self, *args, **kwargs)
-        finally:
-            reads.phase = "update"
-            timing[-1]["micro_batch_s"] += time.perf_counter() - began
+    def micro_batch_of(task_step):
+        def micro_batch(self, *args, **kwargs):
+            outer = reads.phase
+            if outer == "micro-batch":  # nested: timed by the outer call
+                return task_step(self, *args, **kwargs)
+            reads.phase = "micro-batch"
+            began = time.perf_counter()
+            try:
+                return task_step(self, *args, **kwargs)
+            finally:
+                reads.phase = outer
+                timing[-1]["micro_batch_s"] += time.perf_counter() - began
+
+        return micro_batch
 
     total = updates + (profile_updates if profile else 0)
     argv = [data, "--user-dir", user_dir, "--max-update", str(total), *shlex.split(COMMON), *shlex.split(flags)]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    Trainer.train_step, FairseqTask.train_step = update, micro_batch
+    Trainer.train_step = update
+    for task, step in zip(tasks, task_steps):
+        task.train_step = micro_batch_of(step)
     try:
-        with reads:
-            reads.counting = True
+        with reads if count else contextlib.nullcontext():
+            reads.counting = count
             train.main(convert_namespace_to_omegaconf(args))
     finally:
-        Trainer.train_step, FairseqTask.train_step = trainer_step, task_step
+        Trainer.train_step = trainer_step
+        for task, step in zip(tasks, task_steps):
+            task.train_step = step
     # update i: from its start to the next one's (what happens between two updates belongs to the earlier)
     bounds = per_update[:updates] + [per_update[updates] if len(per_update) > updates else len(reads.calls)]
     device_s = None
@@ -187,7 +202,8 @@ def main(argv=None):
     results = {}
     for spec in args.config:
         name, _, flags = spec.partition(":")
-        calls, timing, device_s = record(args.data, flags, args.updates, user_dir, args.profile_updates)
+        calls, _, _ = record(args.data, flags, args.updates, user_dir)
+        _, timing, device_s = record(args.data, flags, args.updates, user_dir, args.profile_updates, count=False)
         results[name] = {**summarize(calls, args.warmup), "time": summarize_time(timing, args.warmup, device_s)}
     if args.out:
         with open(args.out, "w") as f:

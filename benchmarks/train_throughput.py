@@ -2,7 +2,8 @@
 
 Runs ``fairseq-train`` once per configuration and repeat, on the same binarized data with the same flags,
 the configurations interleaved (A B C, A B C, ...) so that a machine's drift between repeats hits all of them,
-and reports target words/s and peak GPU memory (torch.cuda.max_memory_allocated at exit) as ratios to the first
+and reports target words/s and peak GPU memory (torch.cuda.max_memory_allocated at exit; max_memory_reserved, which
+also holds CUDA graphs' memory pools, is kept as peak_gpu_reserved_bytes) as ratios to the first
 configuration (the baseline). A run's words/s is the median of fairseq's ``wps`` over its logging intervals after
 the warm-up updates (short intervals: on a small corpus an epoch boundary stalls one interval, and the median
 leaves it out); a configuration's is the median over repeats, and the ratio's spread is the range of the
@@ -33,12 +34,13 @@ COMMON = (
     "--fp16 --max-tokens 16384 --seed 1 --disable-validation --no-save --log-format simple --no-progress-bar"
 )
 WPS = re.compile(r"wps=([\d.]+).*num_updates=(\d+)")
-PEAK = re.compile(r"PEAK_CUDA_BYTES (\d+)")
+PEAK = re.compile(r"PEAK_CUDA_BYTES (\d+) (\d+)")
 # fairseq-train in this process, printing the peak GPU memory when it exits
 WRAPPER = (
     "import atexit, runpy, sys, torch; "
     "atexit.register(lambda: print('PEAK_CUDA_BYTES', "
-    "torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)); "
+    "torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0, "
+    "torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0)); "
     "sys.argv = ['fairseq-train'] + sys.argv[1:]; runpy.run_module('fairseq_cli.train', run_name='__main__')"
 )
 
@@ -58,6 +60,7 @@ def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
     peak = PEAK.search(proc.stdout)
     return {
         "peak_gpu_bytes": int(peak.group(1)) if peak else None,
+        "peak_gpu_reserved_bytes": int(peak.group(2)) if peak else None,
         "name": name,
         "flags": flags,
         "wps_median": statistics.median(samples),

@@ -1,17 +1,26 @@
 """Padding a batch to fixed shapes (what bounds the shapes a compiled or graph-captured training step sees) changes
 neither the loss nor the gradients: padded source positions are masked, padded target positions are ignored by the
-loss and come after every real one. The shapes: fairseq's --required-seq-len-multiple, and fixed lengths through the
-collater's ``pad_to_length`` (fairseq's --num-batch-buckets cannot be used: LanguagePairDataset calls
-``np.compat.long``, which numpy 2 removed)."""
+loss and come after every real one, padding rows (collab_fairseq.training.buckets.pad_batch) have no target. The
+shapes: fairseq's --required-seq-len-multiple, fixed lengths through the collater's ``pad_to_length`` (fairseq's
+--num-batch-buckets cannot be used: LanguagePairDataset calls ``np.compat.long``, which numpy 2 removed), and this
+package's buckets (rows and lengths)."""
 
+import numpy as np
 import pytest
 import torch
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from collab_fairseq.training.buckets import Buckets, pad_batch
 from tests.helpers import load_model
 
-SHAPES = {"unpadded": (1, None), "multiple of 8": (8, None), "fixed lengths": (1, {"source": 32, "target": 40})}
+SHAPES = {
+    "unpadded": (1, None),
+    "multiple of 8": (8, None),
+    "fixed lengths": (1, {"source": 32, "target": 40}),
+    "bucket: rows and lengths": (1, "bucket"),
+}
+BUCKET = (32, 32, 40)
 
 
 def sample_of(bin_dir, multiple, lengths):
@@ -19,7 +28,11 @@ def sample_of(bin_dir, multiple, lengths):
     task = TranslationTask.setup_task(TranslationConfig(**cfg, required_seq_len_multiple=multiple))
     task.load_dataset("valid")
     dataset = task.dataset("valid")
-    return task, dataset.collater([dataset[i] for i in range(24)], pad_to_length=lengths)
+    sample = dataset.collater([dataset[i] for i in range(24)], pad_to_length=None if lengths == "bucket" else lengths)
+    if lengths == "bucket":
+        pad, eos = task.source_dictionary.pad(), task.source_dictionary.eos()
+        sample = pad_batch(sample, BUCKET, pad, eos, left_pad_source=True)
+    return task, sample
 
 
 def loss_and_gradients(model, task, sample):
@@ -42,7 +55,8 @@ def test_padding_to_a_bucket_changes_neither_loss_nor_gradients(copy_data, colla
         results[name] = loss_and_gradients(model, task, sample)
     loss, grads = results["unpadded"]
     assert shapes["fixed lengths"] == (torch.Size([24, 32]), torch.Size([24, 40]))
-    for name in ("multiple of 8", "fixed lengths"):
+    assert shapes["bucket: rows and lengths"] == (torch.Size([32, 32]), torch.Size([32, 40]))
+    for name in ("multiple of 8", "fixed lengths", "bucket: rows and lengths"):
         assert shapes[name] != shapes["unpadded"]  # padded indeed
         padded_loss, padded_grads = results[name]
         torch.testing.assert_close(padded_loss, loss, rtol=1e-6, atol=1e-4)
@@ -50,3 +64,21 @@ def test_padding_to_a_bucket_changes_neither_loss_nor_gradients(copy_data, colla
         for param, grad in grads.items():  # to fp32 precision: sums over other shapes round differently
             error = (padded_grads[param] - grad).abs().max()
             assert error <= 1e-5 * grad.abs().max() + 1e-7, (param, error)
+
+
+def test_buckets_cut_batches_the_way_fairseq_sizes_them():
+    """Every pair once; a batch holds pairs of one bucket, at most the bucket's rows, which fill --max-tokens at the
+    bucket's lengths in multiples of --required-batch-size-multiple."""
+    rng = np.random.default_rng(0)
+    source, target = rng.integers(1, 60, 1000), rng.integers(1, 70, 1000)
+    buckets = Buckets(width=8, max_tokens=1024, max_sentences=None, batch_multiple=8)
+    batches = buckets.batches(np.argsort(source, kind="stable"), source, target)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    for batch in batches:
+        rows, s, t = buckets.shape(len(batch), source[batch].max(), target[batch].max())
+        assert {buckets.length(n) for n in source[batch]} == {s} and {buckets.length(n) for n in target[batch]} == {t}
+        assert len(batch) <= rows and rows * max(s, t) <= 1024 and rows % 8 == 0
+    assert buckets.rows(8, 16) == 64 and buckets.rows(64, 72) == 8 and buckets.rows(1024, 1032) == 1
+    assert Buckets(8, None, 10).rows(64, 64) == 10 and Buckets(8, 4096, 10, 8).rows(8, 8) == 10
+    with pytest.raises(ValueError, match="--max-tokens or --batch-size"):
+        Buckets(8, None, None)

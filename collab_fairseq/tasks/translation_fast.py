@@ -1,24 +1,38 @@
-"""``--task translation_fast``: fairseq's translation task with this package's beam search.
+"""``--task translation_fast``: fairseq's translation task with this package's training step and beam search.
 
-Everything is fairseq's ``translation`` task except the generator it builds (for fairseq-generate,
-fairseq-interactive, the hub interface and validation BLEU): ``--generator auto`` (the default) searches with
-:class:`~collab_fairseq.generation.generator.StaticBeamGenerator` on CUDA and with fairseq's SequenceGenerator on the
-CPU; ``static`` uses the former everywhere, ``fairseq`` the latter.
+Everything is fairseq's ``translation`` task except:
+
+- the training step (``--train-step``): ``auto`` (the default) cuts the training subset into batches of fixed shapes
+  (``--bucket-width``, :mod:`collab_fairseq.training.buckets`) and on CUDA replays each shape's micro-batch as a CUDA
+  graph (:mod:`collab_fairseq.training.train_step`); ``graphs`` asks for that everywhere (on the CPU: padded eager
+  micro-batches), ``bucketed`` for the fixed shapes with eager micro-batches, ``fairseq`` for fairseq's batches and
+  step. Except with ``fairseq``, the model's encoder and decoder (fairseq's transformer or transformer_collab) run
+  without host syncs (:mod:`collab_fairseq.models.sync_free`).
+- the generator it builds (for fairseq-generate, fairseq-interactive, the hub interface and validation BLEU):
+  ``--generator auto`` (the default) searches with :class:`~collab_fairseq.generation.generator.StaticBeamGenerator`
+  on CUDA and with fairseq's SequenceGenerator on the CPU; ``static`` uses the former everywhere, ``fairseq`` the
+  latter.
 """
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
+import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import OmegaConf
 
 from collab_fairseq.generation.generator import StaticBeamGenerator
+from collab_fairseq.models.sync_free import make_sync_free
+from collab_fairseq.training.buckets import Buckets
+from collab_fairseq.training.train_step import BucketedTrainStep
 
 logger = logging.getLogger(__name__)
 
 GENERATORS = ("auto", "static", "fairseq")
+TRAIN_STEPS = ("auto", "graphs", "bucketed", "fairseq")
 
 
 @dataclass
@@ -29,6 +43,18 @@ class TranslationFastConfig(TranslationConfig):
             "help": "beam search: auto (this package's fixed-batch search on CUDA, fairseq's elsewhere), static "
             "(this package's everywhere) or fairseq (fairseq's SequenceGenerator)"
         },
+    )
+    train_step: ChoiceEnum(TRAIN_STEPS) = field(
+        default="auto",
+        metadata={
+            "help": "training step: auto (fixed batch shapes and a CUDA graph per shape on CUDA, fairseq's step "
+            "elsewhere), graphs (the same, padded eager steps on the CPU), bucketed (fixed shapes, eager steps) or "
+            "fairseq (fairseq's batches and step)"
+        },
+    )
+    bucket_width: int = field(
+        default=8,
+        metadata={"help": "training batches: source and target lengths rounded up to a multiple of this"},
     )
 
 
@@ -45,6 +71,79 @@ class TranslationFastTask(TranslationTask):
         cfg = TranslationFastConfig(**{k: v for k, v in settings.items() if k in known and k != "_name"})
         cfg.generator = generator
         return cls(cfg, task.src_dict, task.tgt_dict)
+
+    def train_step_mode(self) -> str:
+        """fairseq, bucketed or graphs: what --train-step asks for on this machine."""
+        choice = str(self.cfg.train_step)
+        if choice not in TRAIN_STEPS:
+            raise ValueError(f"unknown --train-step {choice!r}; choose one of {', '.join(TRAIN_STEPS)}")
+        if choice == "auto":
+            return "graphs" if torch.cuda.is_available() else "fairseq"
+        return choice
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.train_step_mode() != "fairseq" and make_sync_free(model):
+            logger.info("encoder and decoder: forward without host syncs (collab_fairseq.models.sync_free)")
+        return model
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        if split != self.cfg.train_subset or self.train_step_mode() == "fairseq":
+            return
+        width, multiple = int(self.cfg.bucket_width), int(self.cfg.required_seq_len_multiple or 1)
+        if width % multiple:
+            raise ValueError(f"--bucket-width {width} must be a multiple of --required-seq-len-multiple {multiple}")
+        dataset = self.datasets[split]
+        if getattr(dataset, "tgt_sizes", None) is None or getattr(dataset, "src_sizes", None) is None:
+            logger.info("training batches: fairseq's (%s has no target sizes to bucket)", type(dataset).__name__)
+            return
+        task = self
+
+        def batch_by_size(indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+            task.buckets = Buckets(width, max_tokens, max_sentences, required_batch_size_multiple)
+            batches = task.buckets.batches(indices, dataset.src_sizes, dataset.tgt_sizes)
+            shapes = {task.buckets.shape(1, dataset.src_sizes[b].max(), dataset.tgt_sizes[b].max()) for b in batches}
+            real = int(dataset.src_sizes[indices].sum() + dataset.tgt_sizes[indices].sum())
+            padded = sum(r * (s + t) for r, s, t in (task.buckets.shape(len(b), dataset.src_sizes[b].max(),
+                         dataset.tgt_sizes[b].max()) for b in batches))  # fmt: skip
+            logger.info("training batches: %d in %d shapes (lengths rounded up to %d), %.1f%% of positions padding",
+                        len(batches), len(shapes), width, 100 * (1 - real / max(padded, 1)))  # fmt: skip
+            return batches
+
+        dataset.batch_by_size = batch_by_size
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        step = self._bucketed_step(model)
+        if step is not None:
+            model.train()
+            model.set_num_updates(update_num)
+            result = step(sample, model, criterion, optimizer, ignore_grad)
+            if result is not None:
+                return result
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def _bucketed_step(self, model) -> Optional[BucketedTrainStep]:
+        if getattr(self, "bucketed_step", False) is not False:
+            return self.bucketed_step
+        mode, cuda = self.train_step_mode(), next(model.parameters()).is_cuda
+        buckets = getattr(self, "buckets", None)
+        self.bucketed_step = None
+        if mode == "fairseq" or buckets is None:
+            why = "--train-step fairseq" if mode == "fairseq" else "the training batches are fairseq's"
+            logger.info("training step: fairseq's (%s)", why)
+            return None
+        if mode == "graphs" and not cuda:
+            logger.info("training step: padded eager micro-batches (CUDA graphs need a GPU)")
+        else:
+            logger.info("training step: %s", "a CUDA graph per batch shape" if mode == "graphs" else
+                        "padded eager micro-batches (--train-step bucketed)")  # fmt: skip
+        src, tgt = self.source_dictionary, self.target_dictionary
+        assert src.pad() == tgt.pad() and src.eos() == tgt.eos(), "source and target dictionaries disagree on pad/eos"
+        self.bucketed_step = BucketedTrainStep(
+            buckets, src.pad(), src.eos(), bool(self.cfg.left_pad_source), graphs=mode == "graphs" and cuda
+        )
+        return self.bucketed_step
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
         choice = str(self.cfg.generator)

@@ -1,0 +1,109 @@
+"""Fixed batch shapes for training: sentence pairs grouped by padded length, batches padded to their group's shape.
+
+A CUDA graph replays one shape; fairseq's batches have as many shapes as length combinations. Here a pair of
+source length s and target length t belongs to the bucket of (s, t) rounded up to a multiple of ``width``, and the
+bucket's batches have ``rows`` = what fairseq's ``--max-tokens`` / ``--batch-size`` / ``--required-batch-size-multiple``
+allow at the bucket's lengths, so every batch of a bucket has the same shape once padded (the last one of an epoch
+gets padding rows). fairseq's own ``--num-batch-buckets`` buckets one combined length and cannot be used on numpy 2
+(``np.compat`` is gone).
+
+Padding leaves the loss and its gradients unchanged (tests/test_bucket_padding.py): padded positions are masked as
+keys and ignored as targets, and a padding row has a source of one EOS (so that no attention row is all masked,
+which would make NaNs) and no target tokens.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+Shape = Tuple[int, int, int]  # rows, source length, target length
+
+
+@dataclass(frozen=True)
+class Buckets:
+    width: int  # lengths are rounded up to a multiple of this
+    max_tokens: Optional[int]  # fairseq's --max-tokens (rows x max(source, target length))
+    max_sentences: Optional[int]  # fairseq's --batch-size
+    batch_multiple: int = 1  # fairseq's --required-batch-size-multiple
+
+    def __post_init__(self):
+        if self.width < 1:
+            raise ValueError(f"--bucket-width must be >= 1, got {self.width}")
+        if not self.max_tokens and not self.max_sentences:
+            raise ValueError("bucketed batches need --max-tokens or --batch-size")
+
+    def length(self, n: int) -> int:
+        return -(-n // self.width) * self.width
+
+    def rows(self, source: int, target: int) -> int:
+        """Rows of a bucket with these (rounded) lengths, the way fairseq sizes a batch of fixed shape
+        (FairseqDataset.batch_by_size): max_tokens // length, at most max_sentences, or else rounded down to a
+        multiple of batch_multiple."""
+        rows = self.max_tokens // max(source, target, 1) if self.max_tokens else self.max_sentences
+        if self.max_sentences:
+            rows = min(rows, self.max_sentences)
+        elif rows >= self.batch_multiple:
+            rows -= rows % self.batch_multiple
+        return max(rows, 1)
+
+    def shape(self, rows: int, source: int, target: int) -> Shape:
+        """The padded shape of a batch of ``rows`` pairs whose longest source / target have these lengths."""
+        s, t = self.length(source), self.length(target)
+        return max(rows, self.rows(s, t)), s, t
+
+    def batches(self, indices: np.ndarray, source_sizes: np.ndarray, target_sizes: np.ndarray) -> List[np.ndarray]:
+        """``indices`` (in fairseq's order) cut into batches of one bucket each: a bucket's pairs keep their order;
+        buckets come in the order of their first pair."""
+        keys = np.stack([-(-source_sizes[indices] // self.width), -(-target_sizes[indices] // self.width)], axis=1)
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for index, (s, t) in zip(indices.tolist(), keys.tolist()):
+            groups.setdefault((s, t), []).append(index)
+        batches = []
+        for (s, t), members in groups.items():
+            rows = self.rows(s * self.width, t * self.width)
+            batches += [np.array(members[i : i + rows], dtype=np.int64) for i in range(0, len(members), rows)]
+        return batches
+
+
+def pad_batch(sample: dict, shape: Shape, pad: int, eos: int, left_pad_source: bool, out: Optional[dict] = None):
+    """fairseq translation ``sample`` (net_input src_tokens B x S, src_lengths B, prev_output_tokens B x T; target
+    B x T; targets right-padded) padded to ``shape`` = (rows, S', T'). Written into ``out`` (a sample of that shape
+    from an earlier call, e.g. a CUDA graph's inputs) where given. Returns the padded sample; its other keys are
+    ``sample``'s."""
+    net = sample["net_input"]
+    src, prev, target = net["src_tokens"], net["prev_output_tokens"], sample["target"]
+    rows, s, t = shape
+    b = src.size(0)
+    if out is None:
+        out = {
+            **sample,
+            "net_input": {
+                **net,
+                "src_tokens": src.new_empty(rows, s),
+                "src_lengths": net["src_lengths"].new_empty(rows),
+                "prev_output_tokens": prev.new_empty(rows, t),
+            },
+            "target": target.new_empty(rows, t),
+        }
+    o_net = out["net_input"]
+    for name, value in (("src_tokens", src), ("prev_output_tokens", prev), ("target", target)):
+        buffer = o_net[name] if name != "target" else out["target"]
+        buffer.fill_(pad)
+        columns = value.size(1)
+        if name == "src_tokens" and left_pad_source:
+            buffer[:b, buffer.size(1) - columns :].copy_(value)
+        else:
+            buffer[:b, :columns].copy_(value)
+    if rows > b:  # padding rows: source EOS, decoder input EOS, no target
+        o_net["src_tokens"][b:, -1 if left_pad_source else 0] = eos
+        o_net["prev_output_tokens"][b:, 0] = eos
+    o_net["src_lengths"][b:].fill_(1)
+    o_net["src_lengths"][:b].copy_(net["src_lengths"])
+    return out
+
+
+def batch_shape(sample: dict) -> Tuple[int, int, int]:
+    """(rows, source length, target length) of a collated translation sample."""
+    net = sample["net_input"]
+    return net["src_tokens"].size(0), net["src_tokens"].size(1), net["prev_output_tokens"].size(1)

@@ -1,0 +1,195 @@
+"""The training micro-batch (forward, loss, backward) over bucketed batch shapes, replayed as a CUDA graph per shape.
+
+fairseq's micro-batch launches a few thousand kernels one by one from Python; at the batch sizes of NMT training
+the host, not the GPU, sets the pace. Here each batch is padded to its bucket's shape (``buckets.py``), and on CUDA
+the whole micro-batch of a shape is recorded once and then replayed with one launch:
+
+- inputs: the padded batch is copied into the shape's static buffers;
+- gradients accumulate in place into buffers that stay put: every parameter's ``.grad`` is a view of one flat buffer
+  per dtype (fairseq's ``zero_grad`` sets them to None after each update; they are given back, zeroed, before the next
+  micro-batch);
+- loss scaling: the optimizer's ``backward`` is called on a scalar leaf, whose gradient is then the loss scale of
+  that moment (fairseq's FP16Optimizer: ``loss_scale * loss``) and the rest of what ``backward`` does to the
+  optimizer's state happens as in fairseq; the graph seeds its backward with a copy of that gradient, so a changed
+  loss scale needs no new recording;
+- dropout draws from the CUDA generator's Philox offsets, which a replay advances as the eager ops would;
+- the criterion's logging tensors are copied after each replay; its counts (ntokens, nsentences, sample_size) are
+  those of the unpadded batch.
+
+The first micro-batches run eagerly (libraries initialise, memory settles), then each new shape is recorded when it
+first comes (recording runs nothing; the replay that follows does). Anything the recording cannot take (``--amp``,
+several GPUs, layer drop, activation checkpointing, a criterion other than (label-smoothed) cross-entropy, a sample
+with more inputs, a capture error) runs fairseq's micro-batch instead, and the log says why, once.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from torch import Tensor
+
+from collab_fairseq.training.buckets import Buckets, Shape, batch_shape, pad_batch
+
+logger = logging.getLogger(__name__)
+
+CRITERIA = (LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion)
+NET_INPUT = {"src_tokens", "src_lengths", "prev_output_tokens"}
+WARMUP = 3  # eager micro-batches before the first recording
+
+
+@dataclass
+class _Graph:
+    graph: "torch.cuda.CUDAGraph"
+    sample: dict  # static inputs
+    loss: Tensor
+    logging: dict  # the criterion's logging output as recorded (its tensors are static outputs)
+
+
+@dataclass
+class BucketedTrainStep:
+    """``(sample, model, criterion, optimizer, ignore_grad) -> (loss, sample_size, logging_output)`` or None where
+    fairseq's step must run (the caller runs it). ``graphs``: record CUDA graphs (else: padded eager micro-batches,
+    the same math, e.g. on the CPU)."""
+
+    buckets: Buckets
+    pad: int
+    eos: int
+    left_pad_source: bool
+    graphs: bool
+    warmup: int = WARMUP
+    recorded: Dict[Shape, _Graph] = field(default_factory=dict)
+    eager_steps: int = 0
+    replays: int = 0
+    said: set = field(default_factory=set)
+    failed: Optional[str] = None
+
+    def __call__(self, sample, model, criterion, optimizer, ignore_grad: bool):
+        reason = self.unsupported(sample, model, criterion, optimizer)
+        if reason is not None:
+            self._say(f"training step: fairseq's micro-batch ({reason})")
+            return None
+        rows, source, target = batch_shape(sample)
+        shape = self.buckets.shape(rows, source, target)
+        graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(*shape[1:])
+        if not graphed or self.eager_steps < self.warmup:
+            self.eager_steps += 1
+            if graphed and self.eager_steps == self.warmup:
+                torch.cuda.empty_cache()  # what the eager steps cached; the graphs get their own pool
+            return self._eager(sample, shape, model, criterion, optimizer, ignore_grad)
+        self._keep_gradients_in_place(model)
+        seed = self._loss_scale(optimizer)
+        recorded = self.recorded.get(shape)
+        if recorded is None:
+            recorded = self._record(sample, shape, model, criterion)
+            if recorded is None:
+                return self._eager(sample, shape, model, criterion, optimizer, ignore_grad)
+        pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source, out=recorded.sample)
+        self.seed.copy_(seed)
+        recorded.graph.replay()
+        self.replays += 1
+        logging_output = {k: v.clone() if torch.is_tensor(v) else v for k, v in recorded.logging.items()}
+        return recorded.loss.clone(), *self._counts(sample, criterion, logging_output)
+
+    def unsupported(self, sample, model, criterion, optimizer) -> Optional[str]:
+        """Why this micro-batch cannot be bucketed, or None."""
+        if not sample or "net_input" not in sample or set(sample["net_input"]) != NET_INPUT:
+            return "a sample with other inputs than src_tokens, src_lengths, prev_output_tokens"
+        if not isinstance(criterion, CRITERIA):
+            return f"criterion {type(criterion).__name__}; bucketed steps take cross_entropy and " \
+                   "label_smoothed_cross_entropy"  # fmt: skip
+        if isinstance(optimizer, AMPOptimizer):
+            return "--amp"
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            return "several GPUs"
+        cfg = getattr(model, "cfg", None) or getattr(model, "args", None)
+        if getattr(cfg, "encoder_layerdrop", 0) or getattr(cfg, "decoder_layerdrop", 0):
+            return "layer drop"
+        if getattr(cfg, "checkpoint_activations", False):
+            return "--checkpoint-activations"
+        return None
+
+    def _eager(self, sample, shape, model, criterion, optimizer, ignore_grad):
+        padded = pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source)
+        loss, _, logging_output = criterion(model, padded)
+        if ignore_grad:
+            loss *= 0
+        optimizer.backward(loss)
+        return loss, *self._counts(sample, criterion, logging_output)
+
+    @staticmethod
+    def _counts(sample, criterion, logging_output) -> Tuple[int, dict]:
+        """sample_size and the logging output with the unpadded batch's counts (what the criterion reports)."""
+        nsentences = sample["target"].size(0)
+        sample_size = nsentences if criterion.sentence_avg else sample["ntokens"]
+        logging_output.update(ntokens=sample["ntokens"], nsentences=nsentences, sample_size=sample_size)
+        return sample_size, logging_output
+
+    def _keep_gradients_in_place(self, model) -> None:
+        """Every parameter's .grad a view of a flat buffer that stays put (what a recorded backward adds into)."""
+        params: List[Tensor] = [p for p in model.parameters() if p.requires_grad]
+        if not hasattr(self, "_views") or len(self._views) != len(params):
+            flat = {}
+            for p in params:
+                flat[p.dtype] = flat.get(p.dtype, 0) + p.numel()
+            self._flat = {dtype: torch.zeros(n, dtype=dtype, device=params[0].device) for dtype, n in flat.items()}
+            offsets, self._views = dict.fromkeys(flat, 0), []
+            for p in params:
+                start = offsets[p.dtype]
+                self._views.append(self._flat[p.dtype][start : start + p.numel()].view_as(p))
+                offsets[p.dtype] = start + p.numel()
+            self._params = params
+        if all(p.grad is v for p, v in zip(self._params, self._views)):
+            return
+        for buffer in self._flat.values():
+            buffer.zero_()
+        for p, view in zip(self._params, self._views):
+            if p.grad is not None:
+                view.copy_(p.grad)  # an eager micro-batch of this update came first
+            p.grad = view
+
+    def _loss_scale(self, optimizer) -> Tensor:
+        """d(optimizer.backward's loss)/d(loss): the optimizer's backward run on a scalar leaf."""
+        if not hasattr(self, "seed"):
+            device = self._params[0].device
+            self.seed = torch.ones((), device=device)
+            self._leaf = torch.zeros((), device=device, requires_grad=True)
+        self._leaf.grad = None
+        optimizer.backward(self._leaf)
+        return self._leaf.grad
+
+    def _record(self, sample, shape, model, criterion) -> Optional[_Graph]:
+        """The micro-batch of this shape recorded (not run), or None (and eager steps from now on) if capture fails."""
+        static = pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source)
+        if not hasattr(self, "_stream"):
+            self._stream, self._pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(self._stream):
+                # thread_local: fairseq's data loader pins the next batch in another thread meanwhile
+                graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                try:
+                    loss, _, logging_output = criterion(model, static)
+                    torch.autograd.backward(loss, grad_tensors=self.seed.to(loss.dtype))
+                finally:
+                    graph.capture_end()
+        except RuntimeError as err:
+            self.failed = str(err).splitlines()[0]
+            logger.warning(
+                "training step: eager micro-batches from now on (CUDA graph capture failed: %s)", self.failed
+            )
+            return None
+        finally:
+            torch.cuda.current_stream().wait_stream(self._stream)
+        self.recorded[shape] = _Graph(graph, static, loss.detach(), logging_output)
+        logger.info("training step: recorded the micro-batch of shape %s (%d shapes)", shape, len(self.recorded))
+        return self.recorded[shape]
+
+    def _say(self, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            logger.info(message)
