@@ -67,8 +67,8 @@ def test_padding_to_a_bucket_changes_neither_loss_nor_gradients(copy_data, colla
 
 
 def test_buckets_cut_batches_the_way_fairseq_sizes_them():
-    """Every pair once; a batch holds pairs of one bucket, at most the bucket's rows, which fill --max-tokens at the
-    bucket's lengths in multiples of --required-batch-size-multiple."""
+    """Every pair once; a batch holds pairs of one bucket (max(source, target) rounded up), at most the bucket's
+    rows, which fill --max-tokens at the bucket's length in multiples of --required-batch-size-multiple."""
     rng = np.random.default_rng(0)
     source, target = rng.integers(1, 60, 1000), rng.integers(1, 70, 1000)
     buckets = Buckets(width=8, max_tokens=1024, max_sentences=None, batch_multiple=8)
@@ -76,9 +76,13 @@ def test_buckets_cut_batches_the_way_fairseq_sizes_them():
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     for batch in batches:
         rows, s, t = buckets.shape(len(batch), source[batch].max(), target[batch].max())
-        assert {buckets.length(n) for n in source[batch]} == {s} and {buckets.length(n) for n in target[batch]} == {t}
-        assert len(batch) <= rows and rows * max(s, t) <= 1024 and rows % 8 == 0
-    assert buckets.rows(8, 16) == 64 and buckets.rows(64, 72) == 8 and buckets.rows(1024, 1032) == 1
-    assert Buckets(8, None, 10).rows(64, 64) == 10 and Buckets(8, 4096, 10, 8).rows(8, 8) == 10
+        (length,) = {buckets.length(n) for n in np.maximum(source[batch], target[batch])}
+        assert max(s, t) == length and len(batch) <= rows <= buckets.rows(length) and rows % 8 == 0
+        assert buckets.rows(length) * length <= 1024 and buckets.rows(length) % 8 == 0
+    assert sum(len(b) < buckets.rows(buckets.length(max(source[b].max(), target[b].max()))) for b in batches) <= 9
+    assert buckets.shape(3, 10, 12) == (8, 16, 16) and buckets.shape(60, 10, 12) == (64, 16, 16)
+    assert buckets.shape(65, 10, 12) == (65, 16, 16)  # more rows than the bucket's: as they are
+    assert buckets.rows(16) == 64 and buckets.rows(72) == 8 and buckets.rows(1032) == 1
+    assert Buckets(8, None, 10).rows(64) == 10 and Buckets(8, 4096, 10, 8).rows(8) == 10
     with pytest.raises(ValueError, match="--max-tokens or --batch-size"):
         Buckets(8, None, None)

@@ -53,7 +53,7 @@ class TranslationFastConfig(TranslationConfig):
         },
     )
     bucket_width: int = field(
-        default=8,
+        default=4,
         metadata={"help": "training batches: source and target lengths rounded up to a multiple of this"},
     )
 
@@ -94,6 +94,9 @@ class TranslationFastTask(TranslationTask):
         width, multiple = int(self.cfg.bucket_width), int(self.cfg.required_seq_len_multiple or 1)
         if width % multiple:
             raise ValueError(f"--bucket-width {width} must be a multiple of --required-seq-len-multiple {multiple}")
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            logger.info("training batches: fairseq's (several GPUs: the training step falls back to fairseq's)")
+            return
         dataset = self.datasets[split]
         if getattr(dataset, "tgt_sizes", None) is None or getattr(dataset, "src_sizes", None) is None:
             logger.info("training batches: fairseq's (%s has no target sizes to bucket)", type(dataset).__name__)
@@ -103,12 +106,13 @@ class TranslationFastTask(TranslationTask):
         def batch_by_size(indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
             task.buckets = Buckets(width, max_tokens, max_sentences, required_batch_size_multiple)
             batches = task.buckets.batches(indices, dataset.src_sizes, dataset.tgt_sizes)
-            shapes = {task.buckets.shape(1, dataset.src_sizes[b].max(), dataset.tgt_sizes[b].max()) for b in batches}
+            shapes = [
+                task.buckets.shape(len(b), dataset.src_sizes[b].max(), dataset.tgt_sizes[b].max()) for b in batches
+            ]
             real = int(dataset.src_sizes[indices].sum() + dataset.tgt_sizes[indices].sum())
-            padded = sum(r * (s + t) for r, s, t in (task.buckets.shape(len(b), dataset.src_sizes[b].max(),
-                         dataset.tgt_sizes[b].max()) for b in batches))  # fmt: skip
+            padded = sum(rows * (s + t) for rows, s, t in shapes)
             logger.info("training batches: %d in %d shapes (lengths rounded up to %d), %.1f%% of positions padding",
-                        len(batches), len(shapes), width, 100 * (1 - real / max(padded, 1)))  # fmt: skip
+                        len(batches), len(set(shapes)), width, 100 * (1 - real / max(padded, 1)))  # fmt: skip
             return batches
 
         dataset.batch_by_size = batch_by_size
@@ -129,8 +133,9 @@ class TranslationFastTask(TranslationTask):
         mode, cuda = self.train_step_mode(), next(model.parameters()).is_cuda
         buckets = getattr(self, "buckets", None)
         self.bucketed_step = None
-        if mode == "fairseq" or buckets is None:
-            why = "--train-step fairseq" if mode == "fairseq" else "the training batches are fairseq's"
+        if mode == "fairseq" or buckets is None or self.cfg.left_pad_target:
+            why = ("--train-step fairseq" if mode == "fairseq" else "--left-pad-target" if self.cfg.left_pad_target
+                   else "the training batches are fairseq's")  # fmt: skip
             logger.info("training step: fairseq's (%s)", why)
             return None
         if mode == "graphs" and not cuda:

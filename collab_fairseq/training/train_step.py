@@ -74,7 +74,7 @@ class BucketedTrainStep:
             return None
         rows, source, target = batch_shape(sample)
         shape = self.buckets.shape(rows, source, target)
-        graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(*shape[1:])
+        graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(max(shape[1:]))
         if not graphed or self.eager_steps < self.warmup:
             self.eager_steps += 1
             if graphed and self.eager_steps == self.warmup:
