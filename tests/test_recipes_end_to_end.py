@@ -232,7 +232,15 @@ def test_wmt14_takes_large_steps_on_large_gpus(memory_gib, gpus, auto, tokens, f
     assert _flag(explicit.stdout, "--max-tokens") == "4096" and "auto" not in explicit.stderr
 
 
-@pytest.mark.parametrize("name,value", [("MAX_TOKENS", "4k"), ("MAX_TOKENS", "0"), ("GPU_MEMORY_GIB", "80GB")])
+def test_recipes_train_with_the_fast_task_unless_told_not_to():
+    default = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1").stdout
+    off = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1", FAST_TRAIN="0").stdout
+    assert _flag(default, "--task") == "translation_fast" and "--task" not in off
+
+
+@pytest.mark.parametrize(
+    "name,value", [("MAX_TOKENS", "4k"), ("MAX_TOKENS", "0"), ("GPU_MEMORY_GIB", "80GB"), ("FAST_TRAIN", "yes")]
+)
 def test_a_bad_batch_setting_fails_before_anything_runs(name, value, tmp_path):
     proc = _dry_run(
         "recipes/wmt14_en_de/train.sh", check=False, NGPU="1", SAVE_DIR=str(tmp_path / "run"), **{name: value}

@@ -126,7 +126,8 @@ def test_fairseq_train_runs_the_bucketed_step_and_says_so(copy_data, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("kind", ["collab", "transformer"])
 def test_recorded_micro_batch_gives_the_eager_loss_and_gradients(copy_data, collab_run, transformer_checkpoint, kind):
-    """Several updates of two micro-batches each, shapes recorded and replayed, the loss scale changing."""
+    """Several updates of two micro-batches each (a shape's first batch eager, then recorded and replayed), the loss
+    scale changing."""
     _, bin_dir = copy_data
     checkpoint = collab_run / "checkpoint_last.pt" if kind == "collab" else transformer_checkpoint
     model = load_model(checkpoint, bin_dir).cuda().train()
@@ -135,7 +136,7 @@ def test_recorded_micro_batch_gives_the_eager_loss_and_gradients(copy_data, coll
                     else v) for k, v in s.items()} for s in first_batches(task, 3)]  # fmt: skip
     criterion = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
     eager = BucketedTrainStep(task.buckets, 1, 2, True, graphs=False)
-    graphed = BucketedTrainStep(task.buckets, 1, 2, True, graphs=True, warmup=1)
+    graphed = BucketedTrainStep(task.buckets, 1, 2, True, graphs=True)
     for update, scale in enumerate((128.0, 128.0, 64.0, 64.0)):
         results = {}
         for name, step in (("eager", eager), ("graphed", graphed)):
@@ -150,4 +151,4 @@ def test_recorded_micro_batch_gives_the_eager_loss_and_gradients(copy_data, coll
             assert size == their_size and log["ntokens"] == their_log["ntokens"]
         for param, grad in their_grads.items():
             torch.testing.assert_close(our_grads[param], grad, rtol=1e-4, atol=1e-5 * scale)
-    assert graphed.failed is None and len(graphed.recorded) >= 2 and graphed.replays >= 5
+    assert graphed.failed is None and len(graphed.recorded) >= 1 and graphed.replays >= 3

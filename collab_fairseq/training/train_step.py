@@ -16,15 +16,17 @@ the whole micro-batch of a shape is recorded once and then replayed with one lau
 - the criterion's logging tensors are copied after each replay; its counts (ntokens, nsentences, sample_size) are
   those of the unpadded batch.
 
-The first micro-batches run eagerly (libraries initialise, memory settles), then each new shape is recorded when it
-first comes (recording runs nothing; the replay that follows does). Anything the recording cannot take (``--amp``,
+A shape's first batch runs eagerly (libraries initialise, buffers that grow with the length, e.g. fairseq's future
+mask, grow outside a recording), its second is recorded (recording runs nothing; the replay that follows does).
+The eager batches' cached memory is given back before each recording (as torch.cuda.graph does), so that the graphs'
+shared pool is not kept beside it. Anything the recording cannot take (``--amp``,
 several GPUs, layer drop, activation checkpointing, a criterion other than (label-smoothed) cross-entropy, a sample
 with more inputs, a capture error) runs fairseq's micro-batch instead, and the log says why, once.
 """
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
@@ -38,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 CRITERIA = (LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion)
 NET_INPUT = {"src_tokens", "src_lengths", "prev_output_tokens"}
-WARMUP = 3  # eager micro-batches before the first recording
 
 
 @dataclass
@@ -60,8 +61,8 @@ class BucketedTrainStep:
     eos: int
     left_pad_source: bool
     graphs: bool
-    warmup: int = WARMUP
     recorded: Dict[Shape, _Graph] = field(default_factory=dict)
+    seen: Set[Shape] = field(default_factory=set)
     eager_steps: int = 0
     replays: int = 0
     said: set = field(default_factory=set)
@@ -75,14 +76,13 @@ class BucketedTrainStep:
         rows, source, target = batch_shape(sample)
         shape = self.buckets.shape(rows, source, target)
         graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(max(shape[1:]))
-        if not graphed or self.eager_steps < self.warmup:
+        recorded = self.recorded.get(shape)
+        if not graphed or (recorded is None and shape not in self.seen):
+            self.seen.add(shape)  # a shape's first batch runs eagerly: what grows lazily grows outside a recording
             self.eager_steps += 1
-            if graphed and self.eager_steps == self.warmup:
-                torch.cuda.empty_cache()  # what the eager steps cached; the graphs get their own pool
             return self._eager(sample, shape, model, criterion, optimizer, ignore_grad)
         self._keep_gradients_in_place(model)
         seed = self._loss_scale(optimizer)
-        recorded = self.recorded.get(shape)
         if recorded is None:
             recorded = self._record(sample, shape, model, criterion)
             if recorded is None:
@@ -167,6 +167,7 @@ class BucketedTrainStep:
         if not hasattr(self, "_stream"):
             self._stream, self._pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
+        torch.cuda.empty_cache()
         self._stream.wait_stream(torch.cuda.current_stream())
         try:
             with torch.cuda.stream(self._stream):
