@@ -24,6 +24,7 @@ several GPUs, layer drop, activation checkpointing, a criterion other than (labe
 with more inputs, a capture error) runs fairseq's micro-batch instead, and the log says why, once.
 """
 
+import atexit
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
@@ -166,6 +167,7 @@ class BucketedTrainStep:
         static = pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source)
         if not hasattr(self, "_stream"):
             self._stream, self._pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+            grow_future_mask(model, static["net_input"]["src_tokens"].device, next(model.parameters()).dtype)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.empty_cache()
         self._stream.wait_stream(torch.cuda.current_stream())
@@ -186,11 +188,32 @@ class BucketedTrainStep:
             return None
         finally:
             torch.cuda.current_stream().wait_stream(self._stream)
+        if not self.recorded:
+            atexit.register(self.release)
         self.recorded[shape] = _Graph(graph, static, loss.detach(), logging_output)
         logger.info("training step: recorded the micro-batch of shape %s (%d shapes)", shape, len(self.recorded))
         return self.recorded[shape]
+
+    def release(self) -> None:
+        """Free the graphs and what their pool holds, outputs first (at exit, tensors of a graph's pool freed after
+        the interpreter has torn the allocator down crash the process)."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        for recorded in self.recorded.values():
+            recorded.loss, recorded.logging, recorded.sample = None, {}, {}
+        for recorded in self.recorded.values():
+            recorded.graph.reset()
+        self.recorded.clear()
 
     def _say(self, message: str) -> None:
         if message not in self.said:
             self.said.add(message)
             logger.info(message)
+
+
+def grow_future_mask(model, device, dtype) -> None:
+    """Make fairseq's decoder future mask as long as the decoder's positions now. fairseq makes it anew, and frees
+    the old one, when a longer batch comes; a recorded graph that reads the old one would read freed memory."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None and hasattr(decoder, "buffered_future_mask") and hasattr(decoder, "max_positions"):
+        decoder.buffered_future_mask(torch.empty(decoder.max_positions(), 1, device=device, dtype=dtype))
