@@ -4,7 +4,7 @@
         --train train.json --beam beam.json --layer layer_bfloat16.json \\
         --loss-scale loss_scale.json --out results/performance/summary.json \\
         [--source-commit layer=OLDER_COMMIT ...] [--stale layer_speed_ratio="why" ...] [--note KEY="..." ...]
-        [--fast-beam fast_beam.json] [--merge results/performance/summary.json]
+        [--fast-beam fast_beam.json] [--fast-train fast_train.json] [--merge results/performance/summary.json]
 
 train: train_throughput.py (rows transformer_wmt_en_de, collab_dk512/128/64); the warm-start recipe's ratio is
 its time-weighted mean, 1 / (f + (1 - f) / r) for a transformer phase of fraction f of the updates (1/3 in the
@@ -15,7 +15,12 @@ fast-beam: beam_search.py with the configurations transformer_fairseq, transform
 collab_dk128_static (fairseq's search / the package's, ``--task translation_fast``): ``fast_beam_ratio`` (the
 package's against fairseq's for D_k 128, and D_k 128 against the transformer under the package's) and
 ``fast_beam_cache_key_ratio`` (bytes of the self-attention key cache, D_k 128 / transformer), with
-``fast_beam_commit``. ``--merge``: start from an existing summary, keeping what this run does not replace.
+``fast_beam_commit``. fast-train: train_throughput.py with the configurations transformer_stock (``--task
+translation``), transformer_fast, collab_dk128_fast and collab_dk64_fast (``--task translation_fast``):
+``fast_train_wps_ratio`` (median over repeats of the per-repeat ratios of words/s: D_k 128 / 64 under the fast step
+against the stock transformer and against the transformer under the same step) and ``fast_train_memory_ratio``
+(peak reserved GPU memory, which holds the graphs' pool, of the transformer under the fast step / stock), with
+``fast_train_commit``. ``--merge``: start from an existing summary, keeping what this run does not replace.
 ``commits`` names the commit each figure was measured on (--commit unless --source-commit says otherwise), and
 ``stale`` the figures whose code has changed since, with the reason; ``notes`` what a figure needs said beside it
 (e.g. the same code measured on other machines).
@@ -23,6 +28,7 @@ package's against fairseq's for D_k 128, and D_k 128 against the transformer und
 
 import argparse
 import json
+import statistics
 import sys
 
 from collab_fairseq.modules.attention_kernels import kernel_preferences
@@ -65,7 +71,7 @@ def _load(path):
         return json.load(f)
 
 
-SOURCES = ("train", "beam", "layer", "loss_scale", "fast_beam")
+SOURCES = ("train", "beam", "layer", "loss_scale", "fast_beam", "fast_train")
 FAST_BEAM_CONFIGS = ("transformer_fairseq", "transformer_static", "collab_dk128_fairseq", "collab_dk128_static")
 
 
@@ -85,6 +91,32 @@ def fast_beam(beam: dict) -> dict:
     return {"fast_beam_ratio": ratios, "fast_beam_cache_key_ratio": key_ratio}
 
 
+FAST_TRAIN_CONFIGS = ("transformer_stock", "transformer_fast", "collab_dk128_fast", "collab_dk64_fast")
+
+
+def fast_train(train: dict) -> dict:
+    """fast_train_wps_ratio and fast_train_memory_ratio of a train_throughput.py run of FAST_TRAIN_CONFIGS."""
+    rows = {row["name"]: row for row in train["rows"]}
+    missing = [c for c in FAST_TRAIN_CONFIGS if c not in rows]
+    if missing:
+        raise ValueError(f"the fast-train file lacks the configurations {', '.join(missing)}")
+
+    def ratio(name, base):
+        pairs = zip(rows[name]["runs"], rows[base]["runs"])
+        return statistics.median(run["wps_median"] / other["wps_median"] for run, other in pairs)
+
+    ratios = {}
+    for d in (128, 64):
+        ratios[f"dk{d}_vs_stock"] = ratio(f"collab_dk{d}_fast", "transformer_stock")
+        ratios[f"dk{d}_vs_fast_transformer"] = ratio(f"collab_dk{d}_fast", "transformer_fast")
+
+    def reserved(name):
+        return max(run.get("peak_gpu_reserved_bytes") or 0 for run in rows[name]["runs"])
+
+    memory = reserved("transformer_fast") / reserved("transformer_stock") if reserved("transformer_stock") else None
+    return {"fast_train_wps_ratio": ratios, "fast_train_memory_ratio": {"transformer": memory}}
+
+
 def key_values(pairs, option, allowed=None) -> dict:
     """{KEY: VALUE} from repeated ``KEY=VALUE`` options; a clear ValueError for anything else."""
     out = {}
@@ -99,7 +131,7 @@ def key_values(pairs, option, allowed=None) -> dict:
 
 def summary(args) -> dict:
     train, beam, layer, scale = _load(args.train), _load(args.beam), _load(args.layer), _load(args.loss_scale)
-    fast = _load(args.fast_beam)
+    fast, fast_step = _load(args.fast_beam), _load(args.fast_train)
     source_commit = {name: args.commit for name in SOURCES}
     source_commit.update(key_values(args.source_commit, "--source-commit", SOURCES))
     stale, notes = key_values(args.stale, "--stale"), key_values(args.note, "--note")
@@ -128,6 +160,10 @@ def summary(args) -> dict:
     if fast:
         result.update(fast_beam(fast), fast_beam_commit=source_commit["fast_beam"])
         commits.update(fast_beam_ratio=source_commit["fast_beam"], fast_beam_cache_key_ratio=source_commit["fast_beam"])
+    if fast_step:
+        result.update(fast_train(fast_step), fast_train_commit=source_commit["fast_train"])
+        commits.update(fast_train_wps_ratio=source_commit["fast_train"],
+                       fast_train_memory_ratio=source_commit["fast_train"])  # fmt: skip
     for option, named in (("--stale", stale), ("--note", notes)):
         unknown = sorted(set(named) - set(result))
         if unknown:
@@ -150,7 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--source-commit",
         action="append",
-        help="SOURCE=COMMIT (SOURCE: train, beam, layer, loss_scale or fast_beam): a source measured on older code "
+        help="SOURCE=COMMIT (SOURCE: train, beam, layer, loss_scale, fast_beam or fast_train): a source measured on "
+        "older code "
         "than --commit",
     )
     parser.add_argument("--stale", action="append", help="KEY=REASON: a figure the code has changed under since")
@@ -162,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layer-kernel", default="auto", help="the kernel whose layer rows count; auto: the default's")
     parser.add_argument("--loss-scale")
     parser.add_argument("--fast-beam", help="beam_search.py's JSON of FAST_BEAM_CONFIGS")
+    parser.add_argument("--fast-train", help="train_throughput.py's JSON of FAST_TRAIN_CONFIGS")
     parser.add_argument("--merge", help="an existing summary to start from")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -125,6 +125,7 @@ def summarize(configs, runs):
             "ratio": statistics.median(ratios),
             "ratios": ratios,
             "peak_gpu_bytes": max(peaks) if peaks else None,
+            "peak_gpu_reserved_bytes": max((run.get("peak_gpu_reserved_bytes") or 0 for run in own), default=0),
             "runs": own,
         }
         rows.append(row)

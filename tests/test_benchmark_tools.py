@@ -183,6 +183,26 @@ def test_summary_gains_the_package_beam_search_ratios_and_keeps_what_it_merges(t
     assert performance_summary.main(argv) == 2  # a configuration missing: refused
 
 
+def test_summary_gains_the_fast_training_step_ratios(tmp_path):
+    """Per-repeat ratios (each run against the baseline's run of the same repeat), their median; memory: reserved."""
+    wps = {"transformer_stock": [100, 110, 90], "transformer_fast": [160, 150, 170],
+           "collab_dk128_fast": [160, 165, 170], "collab_dk64_fast": [170, 180, 160]}  # fmt: skip
+    reserved = {"transformer_stock": 10, "transformer_fast": 11}
+    rows = [{"name": n, "runs": [{"wps_median": w, "peak_gpu_reserved_bytes": reserved.get(n)} for w in ws]}
+            for n, ws in wps.items()]  # fmt: skip
+    (tmp_path / "train.json").write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "summary.json"
+    argv = ["--gpu", "H100", "--commit", "c", "--fast-train", str(tmp_path / "train.json"), "--out", str(out)]
+    assert performance_summary.main(argv) == 0
+    result = json.load(open(out))
+    assert result["fast_train_wps_ratio"] == pytest.approx(
+        {"dk128_vs_stock": 1.6, "dk64_vs_stock": 1.7, "dk128_vs_fast_transformer": 1.0,
+         "dk64_vs_fast_transformer": 170 / 160})  # fmt: skip
+    assert result["fast_train_memory_ratio"] == {"transformer": 1.1} and result["fast_train_commit"] == "c"
+    (tmp_path / "train.json").write_text(json.dumps({"rows": rows[:3]}))
+    assert performance_summary.main(argv) == 2  # collab_dk64_fast missing: refused
+
+
 def test_host_reads_finds_fairseqs_padding_checks_and_none_in_transformer_collab(copy_data):
     """fairseq's encoder reads ``encoder_padding_mask.any()`` once per layer of a micro-batch, its decoder once;
     transformer_collab's forward reads neither (what is left: the positional embedding's CPU shape checks)."""

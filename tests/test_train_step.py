@@ -155,3 +155,17 @@ def test_recorded_micro_batch_gives_the_eager_loss_and_gradients(copy_data, coll
         for param, grad in their_grads.items():
             torch.testing.assert_close(our_grads[param], grad, rtol=1e-4, atol=1e-5 * scale)
     assert graphed.failed is None and len(graphed.recorded) >= 1 and graphed.replays >= 3
+
+
+def test_the_future_mask_is_grown_once_to_the_decoders_positions(copy_data, transformer_checkpoint):
+    """A recorded graph reads fairseq's future mask; fairseq makes it anew (freeing the old one) for a longer batch
+    unless it already covers every position."""
+    from collab_fairseq.training.train_step import future_mask_of, grow_future_mask
+
+    _, bin_dir = copy_data
+    model = load_model(transformer_checkpoint, bin_dir)
+    grow_future_mask(model, torch.device("cpu"), torch.float32)
+    mask = future_mask_of(model)
+    assert mask.shape == (model.decoder.max_positions(),) * 2
+    model.decoder.buffered_future_mask(torch.empty(37, 2, 8))
+    assert future_mask_of(model) is mask

@@ -77,6 +77,9 @@ class BucketedTrainStep:
         rows, source, target = batch_shape(sample)
         shape = self.buckets.shape(rows, source, target)
         graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(max(shape[1:]))
+        if self.recorded and future_mask_of(model) is not self._future_mask:
+            logger.warning("training step: the decoder's future mask was made anew; recording the shapes again")
+            self.release()
         recorded = self.recorded.get(shape)
         if not graphed or (recorded is None and shape not in self.seen):
             self.seen.add(shape)  # a shape's first batch runs eagerly: what grows lazily grows outside a recording
@@ -167,7 +170,9 @@ class BucketedTrainStep:
         static = pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source)
         if not hasattr(self, "_stream"):
             self._stream, self._pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+        if not self.recorded:
             grow_future_mask(model, static["net_input"]["src_tokens"].device, next(model.parameters()).dtype)
+            self._future_mask = future_mask_of(model)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.empty_cache()
         self._stream.wait_stream(torch.cuda.current_stream())
@@ -217,3 +222,7 @@ def grow_future_mask(model, device, dtype) -> None:
     decoder = getattr(model, "decoder", None)
     if decoder is not None and hasattr(decoder, "buffered_future_mask") and hasattr(decoder, "max_positions"):
         decoder.buffered_future_mask(torch.empty(decoder.max_positions(), 1, device=device, dtype=dtype))
+
+
+def future_mask_of(model):
+    return getattr(getattr(model, "decoder", None), "_future_mask", None)
