@@ -11,6 +11,7 @@ import host_reads
 import performance_summary
 import pytest
 import torch
+import train_step_losses
 import train_throughput
 
 from collab_fairseq.modules import CollaborativeMultiheadAttention
@@ -224,3 +225,19 @@ def test_host_reads_finds_fairseqs_padding_checks_and_none_in_transformer_collab
     assert reads["transformer"]["fairseq/models/transformer/transformer_encoder.py"] == 2 + 1  # 2 layers + 1 CPU
     assert reads["transformer"]["fairseq/models/transformer/transformer_decoder.py"] == 1
     assert set(reads["collab"]) == {"fairseq/modules/sinusoidal_positional_embedding.py"}
+
+
+def test_train_step_losses_compares_each_updates_loss_with_the_first_runs(copy_data):
+    """On the CPU the graphed step runs padded eager micro-batches: the same losses as --train-step bucketed, update
+    by update; another seed gives others."""
+    _, bin_dir = copy_data
+    common = (f"--arch transformer_iwslt_de_en {' '.join(TINY_MODEL)} --optimizer adam --lr 3e-3 --max-tokens 600 "
+              "--criterion label_smoothed_cross_entropy --label-smoothing 0.1 --seed 1 --num-workers 0 "
+              "--disable-validation --no-save --log-format simple --log-interval 1 --no-progress-bar "
+              "--task translation_fast --required-batch-size-multiple 8")  # fmt: skip
+    rows = train_step_losses.main([str(bin_dir), "--updates", "6", "--common", common,
+                                   "--config", "eager:--train-step bucketed", "--config", "graphs:--train-step graphs",
+                                   "--config", "seed2:--train-step bucketed --seed 2"])  # fmt: skip
+    eager, graphs, seed2 = rows
+    assert len(eager["losses"]) == 6 and eager["max_abs_diff"] == 0 == graphs["max_abs_diff"]
+    assert graphs["losses"] == eager["losses"] and seed2["max_abs_diff"] > 0.01
