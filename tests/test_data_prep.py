@@ -244,3 +244,67 @@ def test_multi30k_segmentation_is_the_pinned_one(tmp_path):
     tool.encode(str(tmp_path / "spm.model"), str(tmp_path / "train.de"), str(tmp_path / "pieces.de"))
     assert sum(len(line.split()) for line in open(tmp_path / "pieces.de")) == 417_152
     assert json.load(open(tmp_path / "spm.json"))["sentencepiece"] == "0.2.2"
+
+
+def _group_split():
+    spec = importlib.util.spec_from_file_location("group_split", REPO / "data-prep" / "tools" / "group_split.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_group_split_keeps_pairs_sharing_a_sentence_together(tmp_path):
+    """Pairs linked through a shared English or German sentence, also transitively, land in one split; the sizes
+    are at most the requested ones; a rerun keeps the files, other settings are refused with the fix."""
+    tool = _group_split()
+    en = ["a", "a", "b", "c", "d", "e", "f", "g", "g", "h"]
+    de = ["A1", "A2", "A2", "C", "D", "E", "F", "G1", "G2", "G2"]  # {0,1,2} via a / A2, {7,8,9} via g / G2
+    groups = tool.groups_of(en, de)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2], [3], [4], [5], [6], [7, 8, 9]]
+    for seed in range(20):
+        parts = tool.split(groups, {"valid": 3, "test": 4}, seed)
+        assert sorted(sum(parts.values(), [])) == list(range(10))
+        assert len(parts["valid"]) <= 3 and len(parts["test"]) <= 4
+        for group in ([0, 1, 2], [7, 8, 9]):
+            assert sum(set(group) <= set(part) for part in parts.values()) == 1
+        tool.check_disjoint(en, de, parts)
+    with pytest.raises(AssertionError, match="is in train and in test"):
+        tool.check_disjoint(en, de, {"train": [0, 3], "valid": [], "test": [1]})
+    (tmp_path / "all.en").write_text("\n".join(en) + "\n")
+    (tmp_path / "all.de").write_text("\n".join(de) + "\n")
+    argv = ["--src", str(tmp_path / "all.en"), "--tgt", str(tmp_path / "all.de"), "--src-lang", "en",
+            "--tgt-lang", "de", "--valid", "3", "--test", "3", "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    assert tool.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert sum(report["pairs"].values()) == 10 and report["largest_group"] == 3
+    before = (tmp_path / "out" / "train.en").stat().st_mtime_ns
+    assert tool.main(argv) == 0 and (tmp_path / "out" / "train.en").stat().st_mtime_ns == before
+    assert tool.main([*argv, "--seed", "2"]) == 2
+
+
+def test_prepare_tatoeba_offline_holds_out_whole_groups(tmp_path):
+    """The real corpus: valid and test share no sentence with training on either side; a rerun skips every step; a
+    new split meets no segmentation of the old one."""
+    if not (SHARED_DATA / "tatoeba_deu_eng" / "train.en.gz").exists():
+        pytest.skip("../shared/data/tatoeba_deu_eng not available")
+    out = tmp_path / "tatoeba"
+    args = ["--raw-dir", SHARED_DATA / "tatoeba_deu_eng", "--out-dir", out, "--vocab-size", "1000", "--sample",
+            "20000", "--workers", "2"]  # fmt: skip
+    proc = _run("prepare-tatoeba-en-de.sh", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {f"{split}.{lang}": (out / "raw" / f"{split}.{lang}").read_text().splitlines()
+             for split in ("train", "valid", "test") for lang in ("en", "de")}  # fmt: skip
+    assert [len(lines[f"{s}.en"]) for s in ("train", "valid", "test")] == [161813, 2000, 3000]
+    for lang in ("en", "de"):
+        train = set(lines[f"train.{lang}"])
+        assert not train & set(lines[f"valid.{lang}"]) and not train & set(lines[f"test.{lang}"])
+    assert (out / "bin" / "test.en-de.de.bin").stat().st_size > 0 and (out / "bin" / ".done").exists()
+    done = (out / "bin" / ".done").stat().st_mtime_ns
+    rerun = _run("prepare-tatoeba-en-de.sh", *args)
+    assert rerun.returncode == 0 and (out / "bin" / ".done").stat().st_mtime_ns == done
+    (out / "raw" / "split.json").unlink()
+    other = subprocess.run(["bash", str(REPO / "data-prep" / "prepare-tatoeba-en-de.sh"), *map(str, args)],
+                           capture_output=True, text=True, env={**os.environ, "SPLIT_SEED": "2"})  # fmt: skip
+    assert other.returncode != 0 and "were made from another split" in other.stderr
+    assert _run("prepare-tatoeba-en-de.sh").returncode != 0  # no --raw-dir: refused, names it
+    assert "pass --raw-dir" in _run("prepare-tatoeba-en-de.sh").stderr

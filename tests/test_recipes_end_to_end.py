@@ -362,3 +362,30 @@ def test_reparametrize_recipe_goes_to_tiny_key_dims_error_targets_and_uniform_at
     assert {r["source"] for r in scored.values()} == {"transformer"}
     assert {(r["heads"], r["key_dim"]) for n, r in scored.items() if n.startswith("uniform")} == {("transformer", 32)}
     assert proc.stderr.count("[reparam]") == 5
+
+
+def test_tatoeba_sweep_trains_every_row_at_the_transformers_best_update(tmp_path):
+    """The budget: the update of the converged transformer's lowest validation loss (best_update.py reads the log);
+    every grid row then trains that long, the collaborative ones with the warm start inside the warm-up."""
+    from collab_fairseq.cli.best_update import best_update
+    from collab_fairseq.cli.best_update import main as best_update_main
+
+    validations = [(5.1, 180), (4.2, 360), (4.0, 540), (4.0, 720), (4.3, 900)]
+    log = "\n".join(f"epoch {e:03d} | valid on 'valid' subset | loss {loss} | nll_loss 1.0 | num_updates {n}"
+                    for e, (loss, n) in enumerate(validations, 1))  # fmt: skip
+    assert best_update(log) == 540  # the first of equal losses
+    (tmp_path / "train.log").write_text(log)
+    assert best_update_main([str(tmp_path / "train.log")]) == 0
+    (tmp_path / "empty.log").write_text("no validation here\n")
+    assert best_update_main([str(tmp_path / "empty.log")]) == 2
+    plan = _dry_run("recipes/tatoeba_en_de/sweep.sh", "collab:32:1", "concat:32:1", BUDGET="9000")
+    assert "update budget: 9000" in plan.stderr and plan.stdout.split()[::2] == [
+        "collab_dk32_ws2000_s1",
+        "concat_dk32_s1",
+    ]
+    unset = _dry_run("recipes/tatoeba_en_de/sweep.sh", "collab:32:1")
+    assert "HEADS=transformer SEED=1 PATIENCE=5" in unset.stderr
+    commands = _dry_run("recipes/tatoeba_en_de/train.sh", HEADS="collab", KEY_DIM="32", MAX_UPDATE="9000", NGPU="1")
+    phases = [line for line in commands.stdout.splitlines() if "fairseq_cli.train" in line]
+    assert [int(_flag(p, "--max-update")) for p in phases] == [2000, 7000]
+    assert all("work/tatoeba_en_de/bin" in p and _flag(p, "--warmup-updates") in ("4000", "2000") for p in phases)
