@@ -11,7 +11,9 @@ Where the step's time goes (a second run of each configuration, without the reco
 update (between the starts of two updates, median), the host's time
 inside the task's train_step (forward and backward launched; on CUDA it includes waiting wherever a read syncs) and
 in the rest of fairseq's update, and, with --profile-updates N on CUDA, the device's busy time per update (the sum
-of its kernels' times under torch.profiler over N extra updates, not timed themselves). Wall time near device time
+of its kernels' times under torch.profiler over N extra updates, not timed themselves, which also give the host's
+time in fairseq's annotated phases: forward, backward, clip-grads (where fp16's overflow check waits for the
+GPU), optimizer, ...; the profiler slows the host). Wall time near device time
 means the GPU sets the pace; wall time well above it means the host does.
 
 On CUDA these are the host syncs of a step (torch.cuda.set_sync_debug_mode counts the same); on the CPU they are the
@@ -46,6 +48,8 @@ COMMON = (
     "--disable-validation --no-save --log-format simple --log-interval 10 --no-progress-bar --num-workers 0"
 )
 TORCH_DIR = os.path.dirname(torch.__file__)
+# record_function ranges of fairseq's Trainer.train_step and the tasks' train_step (host time under the profiler)
+PHASES = ("forward", "backward", "bucketed micro-batch", "reduce-grads", "multiply-grads", "clip-grads", "optimizer")
 
 
 class HostReads(TorchFunctionMode):
@@ -81,8 +85,9 @@ def caller() -> str:
 
 
 def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: int = 0, count: bool = True) -> tuple:
-    """([[(phase, name, caller, device), ...] per update], [timing per update], device busy s per profiled update
-    or None) of fairseq-train with ``flags``: ``updates`` updates, then ``profile_updates`` profiled ones (CUDA only).
+    """([[(phase, name, caller, device), ...] per update], [timing per update], (device busy s per profiled update
+    or None, {phase: host s per profiled update})) of fairseq-train with ``flags``: ``updates`` updates, then
+    ``profile_updates`` profiled ones.
     ``count``: record host reads (the mode's Python call per torch call slows the host: time a run without it)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -95,12 +100,14 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
     reads, per_update, timing = HostReads(), [], []
     tasks = (FairseqTask, TranslationFastTask)  # the fast task's train_step may call fairseq's: phases nest
     trainer_step, task_steps = Trainer.train_step, [t.__dict__["train_step"] for t in tasks]
-    profile = profile_updates > 0 and torch.cuda.is_available()
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) if profile else None
+    profile, cuda = profile_updates > 0, torch.cuda.is_available()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    profiler = torch.profiler.profile(activities=activities) if profile else None
 
     def update(self, *args, **kwargs):
         if len(per_update) == updates and profile:
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             reads.counting = False
             profiler.start()
         start, began = len(reads.calls), time.perf_counter()
@@ -113,7 +120,8 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
             per_update.append(start)
             timing[-1]["update_s"] = time.perf_counter() - began
             if len(per_update) == updates + profile_updates and profile:
-                torch.cuda.synchronize()
+                if cuda:
+                    torch.cuda.synchronize()
                 profiler.stop()
 
     def micro_batch_of(task_step):
@@ -147,17 +155,21 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
             task.train_step = step
     # update i: from its start to the next one's (what happens between two updates belongs to the earlier)
     bounds = per_update[:updates] + [per_update[updates] if len(per_update) > updates else len(reads.calls)]
-    device_s = None
+    device_s, phases = None, {}
     if profile:
-        busy_us = sum(e.self_device_time_total for e in profiler.key_averages())
-        device_s = busy_us / 1e6 / profile_updates
+        events = profiler.key_averages()
+        busy_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        device_s = busy_us / 1e6 / profile_updates if cuda else None
+        phases = {e.key: e.cpu_time_total / 1e6 / profile_updates for e in events if e.key in PHASES}
     for t, nxt in zip(timing, timing[1:]):
         t["wall_s"] = nxt["start"] - t["start"]
-    return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])], timing[:updates], device_s
+    return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])], timing[:updates], (device_s, phases)
 
 
-def summarize_time(timing: list, warmup: int, device_s) -> dict:
-    """Medians over the updates after ``warmup``, in ms."""
+def summarize_time(timing: list, warmup: int, profiled) -> dict:
+    """Medians over the updates after ``warmup``, in ms; from the profiled updates (``(device s, {phase: host s})``
+    per update, or None), the device's busy time and the host's time in fairseq's annotated phases."""
+    device_s, phases = profiled if profiled else (None, {})
     steady = [t for t in timing[warmup:] if "wall_s" in t] or [t for t in timing if "wall_s" in t]
 
     def ms(key):
@@ -171,6 +183,7 @@ def summarize_time(timing: list, warmup: int, device_s) -> dict:
         "rest_of_update_host_ms": round(1000 * statistics.median(update_rest), 2) if steady else None,
         "device_busy_ms_per_update": None if device_s is None else round(1000 * device_s, 2),
         "device_busy_fraction": None if device_s is None or not wall else round(1000 * device_s / wall, 3),
+        "profiled_host_ms_by_phase": {name: round(1000 * seconds, 2) for name, seconds in phases.items()},
     }
 
 
@@ -195,7 +208,7 @@ def main(argv=None):
     p.add_argument("--config", action="append", required=True, help="NAME:FLAGS (fairseq-train flags)")
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--profile-updates", type=int, default=0, help="CUDA: profile this many extra updates")
+    p.add_argument("--profile-updates", type=int, default=0, help="profile this many extra updates")
     p.add_argument("--out")
     args = p.parse_args(argv)
     user_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
@@ -203,8 +216,8 @@ def main(argv=None):
     for spec in args.config:
         name, _, flags = spec.partition(":")
         calls, _, _ = record(args.data, flags, args.updates, user_dir)
-        _, timing, device_s = record(args.data, flags, args.updates, user_dir, args.profile_updates, count=False)
-        results[name] = {**summarize(calls, args.warmup), "time": summarize_time(timing, args.warmup, device_s)}
+        _, timing, profiled = record(args.data, flags, args.updates, user_dir, args.profile_updates, count=False)
+        results[name] = {**summarize(calls, args.warmup), "time": summarize_time(timing, args.warmup, profiled)}
     if args.out:
         with open(args.out, "w") as f:
             device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -224,6 +237,9 @@ def main(argv=None):
             f"| {name} | {t['wall_ms_per_update']} | {t['micro_batch_host_ms_per_update']} "
             f"| {t['rest_of_update_host_ms']} | {t['device_busy_ms_per_update']} | {t['device_busy_fraction']} |"
         )
+    for name, r in results.items():
+        if r["time"]["profiled_host_ms_by_phase"]:
+            print(f"{name}: host ms per profiled update by phase: {r['time']['profiled_host_ms_by_phase']}")
     for name, r in results.items():
         print(f"\n{name}: call sites (reads per update, device of the tensor read)")
         for site in r["sites"]:

@@ -212,11 +212,13 @@ def test_host_reads_finds_fairseqs_padding_checks_and_none_in_transformer_collab
     reads = {}
     for name, arch in (("transformer", "transformer_iwslt_de_en"), ("collab", "transformer_collab_iwslt_de_en "
                                                                               "--collab-key-dim 16")):  # fmt: skip
-        calls, timing, device_s = host_reads.record(str(bin_dir), f"--arch {arch} {tiny}", 3, USER_DIR, 2)
+        calls, timing, profiled = host_reads.record(str(bin_dir), f"--arch {arch} {tiny}", 3, USER_DIR, 2)
         summary = host_reads.summarize(calls, 1)
         assert summary["updates_counted"] == 2 and summary["cuda_reads_per_update"] == 0  # a CPU run
-        assert len(timing) == 3 and device_s is None  # no profiled updates on the CPU
-        step = host_reads.summarize_time(timing, 1, device_s)
+        device_s, phases = profiled
+        assert len(timing) == 3 and device_s is None  # no device time on the CPU; the host's phases:
+        assert {"forward", "backward", "clip-grads", "optimizer"} <= set(phases) and all(phases.values())
+        step = host_reads.summarize_time(timing, 1, profiled)
         assert 0 < step["micro_batch_host_ms_per_update"] < step["wall_ms_per_update"]
         reads[name] = collections.Counter()
         for site in summary["sites"]:

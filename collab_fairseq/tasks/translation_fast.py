@@ -122,7 +122,8 @@ class TranslationFastTask(TranslationTask):
         if step is not None:
             model.train()
             model.set_num_updates(update_num)
-            result = step(sample, model, criterion, optimizer, ignore_grad)
+            with torch.autograd.profiler.record_function("bucketed micro-batch"):
+                result = step(sample, model, criterion, optimizer, ignore_grad)
             if result is not None:
                 return result
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
