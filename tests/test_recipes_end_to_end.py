@@ -232,10 +232,10 @@ def test_wmt14_takes_large_steps_on_large_gpus(memory_gib, gpus, auto, tokens, f
     assert _flag(explicit.stdout, "--max-tokens") == "4096" and "auto" not in explicit.stderr
 
 
-def test_recipes_train_with_the_fast_task_unless_told_not_to():
+def test_recipes_train_with_the_fast_task_when_asked():
     default = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1").stdout
-    off = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1", FAST_TRAIN="0").stdout
-    assert _flag(default, "--task") == "translation_fast" and "--task" not in off
+    on = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1", FAST_TRAIN="1").stdout
+    assert _flag(on, "--task") == "translation_fast" and "--task" not in default
 
 
 @pytest.mark.parametrize(
