@@ -268,9 +268,11 @@ def test_checkpoint_with_other_key_dim_is_refused_with_the_fix(copy_data, collab
         )
 
 
-@pytest.mark.parametrize("padded", [True, False])
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("kind", ["collab", "transformer"])
+@pytest.mark.parametrize(
+    "kind,padded,mode",
+    [("collab", p, m) for p in (True, False) for m in ("eval", "train")]
+    + [("transformer", True, "train"), ("transformer", False, "eval")],
+)
 def test_encoder_and_decoder_compute_fairseqs_forward_without_reading_padding(
     copy_data, collab_run, transformer_checkpoint, padded, mode, kind
 ):
