@@ -282,29 +282,33 @@ def test_group_split_keeps_pairs_sharing_a_sentence_together(tmp_path):
     assert tool.main([*argv, "--seed", "2"]) == 2
 
 
-def test_prepare_tatoeba_offline_holds_out_whole_groups(tmp_path):
-    """The real corpus: valid and test share no sentence with training on either side; a rerun skips every step; a
-    new split meets no segmentation of the old one."""
+def test_tatoeba_split_of_the_real_corpus_holds_out_whole_groups(tmp_path):
+    """The real corpus through group_split (what prepare-tatoeba-en-de.sh runs): valid and test share no sentence
+    with training on either side. The script itself refuses to run without --raw-dir, and a file that is not the
+    shared one, before anything else. (Its full run, ~50 s of which fairseq-preprocess takes most, is left out of
+    CI: 161,813 / 2,000 / 3,000 pairs, reruns skip every step, a new split is refused; commit c10c931.)"""
     if not (SHARED_DATA / "tatoeba_deu_eng" / "train.en.gz").exists():
         pytest.skip("../shared/data/tatoeba_deu_eng not available")
-    out = tmp_path / "tatoeba"
-    args = ["--raw-dir", SHARED_DATA / "tatoeba_deu_eng", "--out-dir", out, "--vocab-size", "1000", "--sample",
-            "20000", "--workers", "2"]  # fmt: skip
-    proc = _run("prepare-tatoeba-en-de.sh", *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = {f"{split}.{lang}": (out / "raw" / f"{split}.{lang}").read_text().splitlines()
+    for lang in ("en", "de"):
+        with gzip.open(SHARED_DATA / "tatoeba_deu_eng" / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
+            (tmp_path / f"all.{lang}").write_text(f.read(), encoding="utf-8")
+    tool = _group_split()
+    argv = ["--src", str(tmp_path / "all.en"), "--tgt", str(tmp_path / "all.de"), "--src-lang", "en", "--tgt-lang",
+            "de", "--valid", "2000", "--test", "3000", "--out-dir", str(tmp_path / "raw")]  # fmt: skip
+    assert tool.main(argv) == 0
+    lines = {f"{split}.{lang}": (tmp_path / "raw" / f"{split}.{lang}").read_text().splitlines()
              for split in ("train", "valid", "test") for lang in ("en", "de")}  # fmt: skip
     assert [len(lines[f"{s}.en"]) for s in ("train", "valid", "test")] == [161813, 2000, 3000]
     for lang in ("en", "de"):
         train = set(lines[f"train.{lang}"])
         assert not train & set(lines[f"valid.{lang}"]) and not train & set(lines[f"test.{lang}"])
-    assert (out / "bin" / "test.en-de.de.bin").stat().st_size > 0 and (out / "bin" / ".done").exists()
-    done = (out / "bin" / ".done").stat().st_mtime_ns
-    rerun = _run("prepare-tatoeba-en-de.sh", *args)
-    assert rerun.returncode == 0 and (out / "bin" / ".done").stat().st_mtime_ns == done
-    (out / "raw" / "split.json").unlink()
-    other = subprocess.run(["bash", str(REPO / "data-prep" / "prepare-tatoeba-en-de.sh"), *map(str, args)],
-                           capture_output=True, text=True, env={**os.environ, "SPLIT_SEED": "2"})  # fmt: skip
-    assert other.returncode != 0 and "were made from another split" in other.stderr
-    assert _run("prepare-tatoeba-en-de.sh").returncode != 0  # no --raw-dir: refused, names it
-    assert "pass --raw-dir" in _run("prepare-tatoeba-en-de.sh").stderr
+    no_raw = _run("prepare-tatoeba-en-de.sh", "--out-dir", tmp_path / "out")
+    assert no_raw.returncode != 0 and "pass --raw-dir" in no_raw.stderr
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for lang in ("en", "de"):
+        with gzip.open(fake / f"train.{lang}.gz", "wt") as f:
+            f.write("hello\n")
+    wrong = _run("prepare-tatoeba-en-de.sh", "--raw-dir", fake, "--out-dir", tmp_path / "out")
+    assert wrong.returncode != 0 and "checksum mismatch" in wrong.stderr
+    assert not (tmp_path / "out" / "raw" / "all.en").exists()

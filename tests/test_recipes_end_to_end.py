@@ -350,18 +350,18 @@ def test_reparametrize_recipe_goes_to_tiny_key_dims_error_targets_and_uniform_at
     out = tmp_path / "reparam"
     proc = _bash(
         "recipes/multi30k_en_de/reparametrize.sh",
-        {**env, "SOURCE": str(source), "OUT_DIR": str(out), "KEY_DIMS": "16 4", "FINETUNE_DIMS": "",
-         "MAX_ERRORS": "0.5", "UNIFORM": "encoder_decoder all"},
+        {**env, "SOURCE": str(source), "OUT_DIR": str(out), "KEY_DIMS": "4", "FINETUNE_DIMS": "",
+         "MAX_ERRORS": "0.5", "UNIFORM": "all"},
     )  # fmt: skip
     scored = {p.parent.name: json.load(open(p)) for p in out.glob("*/bleu.json")}
-    assert set(scored) == {"reparam_dk16", "reparam_dk4", "reparam_err0.5", "uniform_encoder_decoder", "uniform_all"}
+    assert set(scored) == {"reparam_dk4", "reparam_err0.5", "uniform_all"}
     assert scored["reparam_dk4"]["key_dim"] == 4 and scored["reparam_dk4"]["tag"] == "_reparam"
     layers = json.load(open(out / "reparam_err0.5" / "reparametrize.json"))["layers"]
     assert all(layer["relative_error"] <= 0.5 for layer in layers)
     assert scored["reparam_err0.5"]["key_dim"] == round(sum(layer["key_dim"] for layer in layers) / len(layers))
     assert {r["source"] for r in scored.values()} == {"transformer"}
     assert {(r["heads"], r["key_dim"]) for n, r in scored.items() if n.startswith("uniform")} == {("transformer", 32)}
-    assert proc.stderr.count("[reparam]") == 5
+    assert proc.stderr.count("[reparam]") == 3
 
 
 def test_tatoeba_sweep_trains_every_row_at_the_transformers_best_update(tmp_path):
@@ -379,10 +379,8 @@ def test_tatoeba_sweep_trains_every_row_at_the_transformers_best_update(tmp_path
     (tmp_path / "empty.log").write_text("no validation here\n")
     assert best_update_main([str(tmp_path / "empty.log")]) == 2
     plan = _dry_run("recipes/tatoeba_en_de/sweep.sh", "collab:32:1", "concat:32:1", BUDGET="9000")
-    assert "update budget: 9000" in plan.stderr and plan.stdout.split()[::2] == [
-        "collab_dk32_ws2000_s1",
-        "concat_dk32_s1",
-    ]
+    assert "update budget: 9000" in plan.stderr
+    assert sorted(plan.stdout.split()[::2]) == ["collab_dk32_ws2000_s1", "concat_dk32_s1"]  # run side by side
     unset = _dry_run("recipes/tatoeba_en_de/sweep.sh", "collab:32:1")
     assert "HEADS=transformer SEED=1 PATIENCE=5" in unset.stderr
     commands = _dry_run("recipes/tatoeba_en_de/train.sh", HEADS="collab", KEY_DIM="32", MAX_UPDATE="9000", NGPU="1")
