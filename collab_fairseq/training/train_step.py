@@ -68,6 +68,8 @@ class BucketedTrainStep:
     replays: int = 0
     said: set = field(default_factory=set)
     failed: Optional[str] = None
+    _run_checked: Optional[tuple] = None
+    _run_reason: Optional[str] = None
 
     def __call__(self, sample, model, criterion, optimizer, ignore_grad: bool):
         reason = self.unsupported(sample, model, criterion, optimizer)
@@ -99,22 +101,14 @@ class BucketedTrainStep:
         return recorded.loss.clone(), *self._counts(sample, criterion, logging_output)
 
     def unsupported(self, sample, model, criterion, optimizer) -> Optional[str]:
-        """Why this micro-batch cannot be bucketed, or None."""
+        """Why this micro-batch cannot be bucketed, or None. What holds for the whole run (criterion, optimizer,
+        world size, model options) is checked once per (model, criterion, optimizer)."""
         if not sample or "net_input" not in sample or set(sample["net_input"]) != NET_INPUT:
             return "a sample with other inputs than src_tokens, src_lengths, prev_output_tokens"
-        if not isinstance(criterion, CRITERIA):
-            return f"criterion {type(criterion).__name__}; bucketed steps take cross_entropy and " \
-                   "label_smoothed_cross_entropy"  # fmt: skip
-        if isinstance(optimizer, AMPOptimizer):
-            return "--amp"
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            return "several GPUs"
-        cfg = getattr(model, "cfg", None) or getattr(model, "args", None)
-        if getattr(cfg, "encoder_layerdrop", 0) or getattr(cfg, "decoder_layerdrop", 0):
-            return "layer drop"
-        if getattr(cfg, "checkpoint_activations", False):
-            return "--checkpoint-activations"
-        return None
+        run = (id(model), id(criterion), id(optimizer))
+        if self._run_checked != run:
+            self._run_reason, self._run_checked = run_unsupported(model, criterion, optimizer), run
+        return self._run_reason
 
     def _eager(self, sample, shape, model, criterion, optimizer, ignore_grad):
         padded = pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source)
@@ -226,3 +220,20 @@ def grow_future_mask(model, device, dtype) -> None:
 
 def future_mask_of(model):
     return getattr(getattr(model, "decoder", None), "_future_mask", None)
+
+
+def run_unsupported(model, criterion, optimizer) -> Optional[str]:
+    """Why no micro-batch of this run can be bucketed, or None."""
+    if not isinstance(criterion, CRITERIA):
+        return f"criterion {type(criterion).__name__}; bucketed steps take cross_entropy and " \
+               "label_smoothed_cross_entropy"  # fmt: skip
+    if isinstance(optimizer, AMPOptimizer):
+        return "--amp"
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        return "several GPUs"
+    cfg = getattr(model, "cfg", None) or getattr(model, "args", None)
+    if getattr(cfg, "encoder_layerdrop", 0) or getattr(cfg, "decoder_layerdrop", 0):
+        return "layer drop"
+    if getattr(cfg, "checkpoint_activations", False):
+        return "--checkpoint-activations"
+    return None
