@@ -282,12 +282,13 @@ def test_encoder_and_decoder_compute_fairseqs_forward_without_reading_padding(
     from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
     from host_reads import HostReads
 
-    from collab_fairseq.models.sync_free import make_sync_free
+    from collab_fairseq.models.sync_free import has_sync_free_forward, make_sync_free
 
     _, bin_dir = copy_data
     checkpoint = collab_run / "checkpoint_last.pt" if kind == "collab" else transformer_checkpoint
     model = load_model(checkpoint, bin_dir).train(mode == "train")  # tiny: dropout 0
-    assert make_sync_free(model)
+    assert has_sync_free_forward(model) is (kind == "collab")
+    assert make_sync_free(model) and has_sync_free_forward(model)
     pad = model.encoder.padding_idx
     src_tokens, prev_output_tokens = torch.randint(4, 40, (6, 9)), torch.randint(4, 40, (6, 7))
     if padded:

@@ -10,6 +10,7 @@ import torch
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.tasks.translation import TranslationTask
 
+from collab_fairseq.models.sync_free import make_sync_free
 from collab_fairseq.tasks.translation_fast import TranslationFastConfig, TranslationFastTask
 from collab_fairseq.training.buckets import Buckets
 from collab_fairseq.training.train_step import BucketedTrainStep
@@ -134,6 +135,7 @@ def test_recorded_micro_batch_gives_the_eager_loss_and_gradients(copy_data, coll
     _, bin_dir = copy_data
     checkpoint = collab_run / "checkpoint_last.pt" if kind == "collab" else transformer_checkpoint
     model = load_model(checkpoint, bin_dir).cuda().train()
+    make_sync_free(model)  # as the task's build_model does
     task = fast_task(bin_dir, mode="graphs")
     samples = [{k: (v.cuda() if torch.is_tensor(v) else {n: t.cuda() for n, t in v.items()} if k == "net_input"
                     else v) for k, v in s.items()} for s in first_batches(task, 3)]  # fmt: skip
@@ -169,3 +171,27 @@ def test_the_future_mask_is_grown_once_to_the_decoders_positions(copy_data, tran
     assert mask.shape == (model.decoder.max_positions(),) * 2
     model.decoder.buffered_future_mask(torch.empty(37, 2, 8))
     assert future_mask_of(model) is mask
+
+
+def test_a_transformer_that_still_syncs_is_not_recorded_and_says_why(copy_data, transformer_checkpoint, caplog):
+    """fairseq's own encoder and decoder read GPU values on the host, which no recording can hold: the step runs
+    padded eager micro-batches instead, from the first batch, and says how to give the model the sync-free forward
+    (before, the capture failed and the log said only "a previous error during capture")."""
+    from collab_fairseq.training.train_step import graph_unsupported, outside_torch
+
+    _, bin_dir = copy_data
+    model = load_model(transformer_checkpoint, bin_dir).train()
+    task = fast_task(bin_dir, mode="graphs")
+    sample = first_batches(task, 1)[0]
+    criterion = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    step = BucketedTrainStep(task.buckets, 1, 2, True, graphs=True)
+    with caplog.at_level("WARNING"):
+        for _ in range(3):  # a shape's second batch would be recorded
+            loss, _, _ = step(sample, model, criterion, Backward(), False)
+    assert step.failed == graph_unsupported(model) and "make_sync_free" in step.failed and not step.recorded
+    assert caplog.text.count("no CUDA graphs") == 1 and step.eager_steps == 3
+    make_sync_free(model)
+    assert graph_unsupported(model) is None
+    with pytest.raises(RuntimeError) as raised:  # a capture's failure names the code outside torch that broke it
+        torch.ones(2).view(3)
+    assert outside_torch(raised.value).startswith(__file__ + ":")

@@ -117,6 +117,17 @@ class SyncFreeDecoderMixin:
         return x, {"attn": [attn], "inner_states": inner_states}
 
 
+def has_sync_free_forward(model) -> Optional[bool]:
+    """Do ``model``'s fairseq transformer encoder and decoder run the sync-free forward? None for other models."""
+    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    if not isinstance(encoder, TransformerEncoderBase) or not isinstance(decoder, TransformerDecoderBase):
+        return None
+    encoder_forward = getattr(encoder.forward_scriptable, "__func__", None)
+    decoder_forward = getattr(decoder.extract_features_scriptable, "__func__", None)
+    return encoder_forward is SyncFreeEncoderMixin.forward_scriptable and \
+        decoder_forward is SyncFreeDecoderMixin.extract_features_scriptable  # fmt: skip
+
+
 def make_sync_free(model) -> bool:
     """Give ``model``'s fairseq transformer encoder and decoder the sync-free forward (instance methods, so nothing
     changes for other models). Returns whether both now have it."""

@@ -26,6 +26,8 @@ with more inputs, a capture error) runs fairseq's micro-batch instead, and the l
 
 import atexit
 import logging
+import os
+import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -35,12 +37,14 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from torch import Tensor
 
+from collab_fairseq.models.sync_free import has_sync_free_forward
 from collab_fairseq.training.buckets import Buckets, Shape, batch_shape, pad_batch
 
 logger = logging.getLogger(__name__)
 
 CRITERIA = (LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion)
 NET_INPUT = {"src_tokens", "src_lengths", "prev_output_tokens"}
+TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 @dataclass
@@ -78,6 +82,9 @@ class BucketedTrainStep:
             return None
         rows, source, target = batch_shape(sample)
         shape = self.buckets.shape(rows, source, target)
+        if self.graphs and self.failed is None and (reason := graph_unsupported(model)) is not None:
+            self.failed = reason
+            logger.warning("training step: padded eager micro-batches (no CUDA graphs: %s)", reason)
         graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(max(shape[1:]))
         if self.recorded and future_mask_of(model) is not self._future_mask:
             logger.warning("training step: the decoder's future mask was made anew; recording the shapes again")
@@ -170,6 +177,7 @@ class BucketedTrainStep:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.empty_cache()
         self._stream.wait_stream(torch.cuda.current_stream())
+        error = None
         try:
             with torch.cuda.stream(self._stream):
                 # thread_local: fairseq's data loader pins the next batch in another thread meanwhile
@@ -177,16 +185,21 @@ class BucketedTrainStep:
                 try:
                     loss, _, logging_output = criterion(model, static)
                     torch.autograd.backward(loss, grad_tensors=self.seed.to(loss.dtype))
+                except RuntimeError as err:
+                    error = err  # what broke the capture; ending it then only says "a previous error"
                 finally:
-                    graph.capture_end()
-        except RuntimeError as err:
-            self.failed = str(err).splitlines()[0]
+                    try:
+                        graph.capture_end()
+                    except RuntimeError as err:
+                        error = error or err
+        finally:
+            torch.cuda.current_stream().wait_stream(self._stream)
+        if error is not None:
+            self.failed = f"{str(error).splitlines()[0]} (at {outside_torch(error)})"
             logger.warning(
                 "training step: eager micro-batches from now on (CUDA graph capture failed: %s)", self.failed
             )
             return None
-        finally:
-            torch.cuda.current_stream().wait_stream(self._stream)
         if not self.recorded:
             atexit.register(self.release)
         self.recorded[shape] = _Graph(graph, static, loss.detach(), logging_output)
@@ -220,6 +233,23 @@ def grow_future_mask(model, device, dtype) -> None:
 
 def future_mask_of(model):
     return getattr(getattr(model, "decoder", None), "_future_mask", None)
+
+
+def outside_torch(error: BaseException) -> str:
+    """file:line of the innermost frame of ``error``'s traceback outside torch: the code that broke a capture."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(TORCH_DIR)]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def graph_unsupported(model) -> Optional[str]:
+    """Why the micro-batch of ``model`` cannot be recorded, or None: a fairseq transformer whose encoder or decoder
+    still branch on GPU values (a host read, which a recording cannot hold)."""
+    if has_sync_free_forward(model) is False:
+        return (
+            "the model's encoder or decoder reads GPU values on the host; give it the sync-free forward "
+            "(collab_fairseq.models.sync_free.make_sync_free, as --task translation_fast's build_model does)"
+        )
+    return None
 
 
 def run_unsupported(model, criterion, optimizer) -> Optional[str]:
