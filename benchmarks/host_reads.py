@@ -10,10 +10,10 @@ per update in each phase (median over the updates after --warmup) and the call s
 Where the step's time goes (a second run of each configuration, without the recording's overhead): the wall time per
 update (between the starts of two updates, median), the host's time
 inside the task's train_step (forward and backward launched; on CUDA it includes waiting wherever a read syncs) and
-in the rest of fairseq's update, and, with --profile-updates N on CUDA, the device's busy time per update (the sum
-of its kernels' times under torch.profiler over N extra updates, not timed themselves, which also give the host's
-time in fairseq's annotated phases: forward, backward, clip-grads (where fp16's overflow check waits for the
-GPU), optimizer, ...; the profiler slows the host). Wall time near device time
+in the rest of fairseq's update, and, with --profile-updates N on CUDA, the device's busy time per update (the
+time covered by its kernels, copies and memsets under torch.profiler over N extra updates, not timed themselves,
+which also give the host's time in fairseq's annotated phases: forward, backward, clip-grads (where fp16's overflow
+check waits for the GPU), optimizer, ...; the profiler slows the host). Wall time near device time
 means the GPU sets the pace; wall time well above it means the host does.
 
 On CUDA these are the host syncs of a step (torch.cuda.set_sync_debug_mode counts the same); on the CPU they are the
@@ -157,13 +157,28 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
     bounds = per_update[:updates] + [per_update[updates] if len(per_update) > updates else len(reads.calls)]
     device_s, phases = None, {}
     if profile:
-        events = profiler.key_averages()
-        busy_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-        device_s = busy_us / 1e6 / profile_updates if cuda else None
-        phases = {e.key: e.cpu_time_total / 1e6 / profile_updates for e in events if e.key in PHASES}
+        device_s, phases = profiled_times(profiler.events(), profile_updates, cuda)
     for t, nxt in zip(timing, timing[1:]):
         t["wall_s"] = nxt["start"] - t["start"]
     return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])], timing[:updates], (device_s, phases)
+
+
+def profiled_times(events, updates: int, cuda: bool) -> tuple:
+    """(device busy s per update or None without CUDA, {phase: host s per update}) from the profiler's events. Busy:
+    the union of the device's kernel, copy and memset intervals, leaving out the user annotations that fairseq's
+    record_function ranges also put on the device's timeline (each spans the work it encloses, so summing them
+    counts that work again). A phase's host time: the sum of its CPU ranges."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)  # fmt: skip
+    busy_us, covered_until = 0, float("-inf")
+    for start, end in spans:
+        busy_us += max(0, end - max(start, covered_until))
+        covered_until = max(covered_until, end)
+    phases = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CPU and e.name in PHASES:
+            phases[e.name] = phases.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1e6 / updates
+    return (busy_us / 1e6 / updates if cuda else None), phases
 
 
 def summarize_time(timing: list, warmup: int, profiled) -> dict:

@@ -28,11 +28,13 @@ COMMON = (
     "--label-smoothing 0.1 --dropout 0.1 --fp16 --max-tokens 16384 --seed 1 --disable-validation --no-save "
     "--log-format simple --log-interval 1 --no-progress-bar"
 )
+STEP = re.compile(r"\| (training step: .*)")  # which step ran, its fallbacks and recordings
 LOSS = re.compile(r"\| epoch \d+:\s+\d+ / \d+ loss=([\d.]+),.* num_updates=(\d+)")
 
 
-def losses(data: str, common: str, flags: str, updates: int, user_dir: str) -> list:
-    """The loss of each of the first ``updates`` updates of fairseq-train with ``common`` and ``flags``."""
+def losses(data: str, common: str, flags: str, updates: int, user_dir: str) -> tuple:
+    """The loss of each of the first ``updates`` updates of fairseq-train with ``common`` and ``flags``, and which
+    training step ran: its log lines (fallbacks included) and the number of batch shapes it recorded."""
     cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", user_dir, "--max-update", str(updates)]
     cmd += shlex.split(common) + shlex.split(flags)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -41,7 +43,9 @@ def losses(data: str, common: str, flags: str, updates: int, user_dir: str) -> l
     by_update = {int(n): float(loss) for loss, n in LOSS.findall(proc.stdout)}
     if len(by_update) < updates:
         raise RuntimeError(f"fairseq-train {flags}: {len(by_update)} losses logged for {updates} updates")
-    return [by_update[n] for n in range(1, updates + 1)]
+    steps = sorted({m.strip() for m in STEP.findall(proc.stdout) if "recorded the micro-batch" not in m})
+    path = {"training_step": steps, "recorded_shapes": proc.stdout.count("training step: recorded the micro-batch")}
+    return [by_update[n] for n in range(1, updates + 1)], path
 
 
 def main(argv=None):
@@ -53,23 +57,25 @@ def main(argv=None):
     p.add_argument("--out")
     args = p.parse_args(argv)
     user_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collab_fairseq")
-    runs = {}
+    runs, paths = {}, {}
     for spec in args.config:
         name, _, flags = spec.partition(":")
-        runs[name] = losses(args.data, args.common, flags, args.updates, user_dir)
+        runs[name], paths[name] = losses(args.data, args.common, flags, args.updates, user_dir)
     reference = next(iter(runs.values()))
     rows = []
     for name, values in runs.items():
         diffs = [abs(a - b) for a, b in zip(values, reference)]
         rows.append({"name": name, "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
-                     "final_loss": values[-1], "losses": values})  # fmt: skip
+                     "final_loss": values[-1], **paths[name], "losses": values})  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump({**code_provenance(), "common": args.common, "updates": args.updates, "rows": rows}, f, indent=1)
-    print(f"| config | largest |loss - {rows[0]['name']}| | mean | loss at update {args.updates} |")
-    print("|---|---|---|---|")
+    print(f"| config | largest |loss - {rows[0]['name']}| | mean | loss at update {args.updates} | shapes recorded |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['name']} | {row['max_abs_diff']:.4f} | {row['mean_abs_diff']:.4f} | {row['final_loss']:.3f} |")
+        print(f"| {row['name']} | {row['max_abs_diff']:.4f} | {row['mean_abs_diff']:.4f} | {row['final_loss']:.3f} "
+              f"| {row['recorded_shapes']} |")  # fmt: skip
+        print(f"  {row['name']}: {'; '.join(row['training_step'])}")
     return rows
 
 

@@ -242,3 +242,27 @@ def test_train_step_losses_compares_each_updates_loss_with_the_first_runs(copy_d
     eager, graphs = rows
     assert len(eager["losses"]) == 6 and len(set(eager["losses"])) == 6 and eager["losses"][-1] < eager["losses"][0]
     assert graphs["losses"] == eager["losses"] and graphs["max_abs_diff"] == 0 == eager["max_abs_diff"]
+    assert "training step: padded eager micro-batches (CUDA graphs need a GPU)" in graphs["training_step"]
+    assert eager["training_step"] == ["training step: padded eager micro-batches (--train-step bucketed)"]
+    assert graphs["recorded_shapes"] == 0 == eager["recorded_shapes"]  # on the CPU nothing is recorded
+
+
+def test_profiled_device_time_is_the_union_of_kernels_not_annotations():
+    """fairseq's record_function ranges also appear on the device's timeline, spanning the kernels they enclose:
+    counted as busy time they doubled it (a busy fraction above 1 on an H100)."""
+    from types import SimpleNamespace
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def event(name, device, start, end, annotation=False):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=start, end=end))  # fmt: skip
+
+    events = [event("forward", cpu, 0, 400), event("forward", cuda, 100, 900, annotation=True),
+              event("gemm", cuda, 100, 300), event("softmax", cuda, 250, 500), event("copy", cuda, 700, 900),
+              event("optimizer", cpu, 500, 600), event("forward", cpu, 1000, 1200),
+              event("aten::mm", cpu, 0, 50)]  # fmt: skip
+    device_s, phases = host_reads.profiled_times(events, updates=2, cuda=True)
+    assert device_s == pytest.approx((400 + 200) / 1e6 / 2)  # 100-500 and 700-900; the annotation left out
+    assert phases == pytest.approx({"forward": 600 / 1e6 / 2, "optimizer": 100 / 1e6 / 2})
+    assert host_reads.profiled_times(events[:1], updates=1, cuda=False)[0] is None
