@@ -49,7 +49,7 @@ def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
     cmd = [sys.executable, "-c", WRAPPER, data, "--user-dir", user_dir, "--max-update", str(max_update)]
     cmd += ["--log-interval", str(log_interval)]
     cmd += shlex.split(COMMON) + shlex.split(flags)
-    start = time.time()
+    start, load_before = time.time(), os.getloadavg()[0]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}")
@@ -67,6 +67,9 @@ def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
         "wps_samples": samples,
         "params": int(params.group(1).replace(",", "")) if params else None,
         "wall_s": round(time.time() - start, 1),
+        # the host's 1-minute load average before and after: other work on a shared host shows here
+        "host_load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "host_cpus": os.cpu_count(),
     }
 
 
