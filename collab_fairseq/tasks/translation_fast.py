@@ -7,7 +7,8 @@ Everything is fairseq's ``translation`` task except:
   graph (:mod:`collab_fairseq.training.train_step`); ``graphs`` asks for that everywhere (on the CPU: padded eager
   micro-batches), ``bucketed`` for the fixed shapes with eager micro-batches, ``fairseq`` for fairseq's batches and
   step. Except with ``fairseq``, the model's encoder and decoder (fairseq's transformer or transformer_collab) run
-  without host syncs (:mod:`collab_fairseq.models.sync_free`).
+  without host syncs (:mod:`collab_fairseq.models.sync_free`), and with ``--fp16`` fairseq's optimizer copies
+  between the fp16 model and its fp32 weights in one launch each way (:mod:`collab_fairseq.training.fp16_copies`).
 - the generator it builds (for fairseq-generate, fairseq-interactive, the hub interface and validation BLEU):
   ``--generator auto`` (the default) searches with :class:`~collab_fairseq.generation.generator.StaticBeamGenerator`
   on CUDA and with fairseq's SequenceGenerator on the CPU; ``static`` uses the former everywhere, ``fairseq`` the
@@ -27,6 +28,7 @@ from omegaconf import OmegaConf
 from collab_fairseq.generation.generator import StaticBeamGenerator
 from collab_fairseq.models.sync_free import make_sync_free
 from collab_fairseq.training.buckets import Buckets
+from collab_fairseq.training.fp16_copies import speed_up_fp16_optimizer
 from collab_fairseq.training.train_step import BucketedTrainStep
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,11 @@ class TranslationFastTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         step = self._bucketed_step(model)
         if step is not None:
+            if getattr(self, "fp16_copies", None) is None:
+                self.fp16_copies = speed_up_fp16_optimizer(optimizer)
+                if self.fp16_copies:
+                    logger.info("fp16 optimizer: one launch each way between the fp16 model and the fp32 weights "
+                                "(collab_fairseq.training.fp16_copies)")  # fmt: skip
             model.train()
             model.set_num_updates(update_num)
             with torch.autograd.profiler.record_function("bucketed micro-batch"):
