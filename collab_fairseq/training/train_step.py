@@ -74,6 +74,16 @@ class BucketedTrainStep:
     failed: Optional[str] = None
     _run_checked: Optional[tuple] = None
     _run_reason: Optional[str] = None
+    # made on first use: the gradient buffers (flat per dtype, a view per parameter), the loss-scale seed a recorded
+    # backward starts from and the leaf that measures it, the recording stream and pool, the future mask recorded
+    _flat: Dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False)
+    _views: List[Tensor] = field(default_factory=list, repr=False)
+    _params: List[Tensor] = field(default_factory=list, repr=False)
+    seed: Optional[Tensor] = field(default=None, repr=False)
+    _leaf: Optional[Tensor] = field(default=None, repr=False)
+    _stream: Optional["torch.cuda.Stream"] = field(default=None, repr=False)
+    _pool: Optional[tuple] = field(default=None, repr=False)
+    _future_mask: Optional[Tensor] = field(default=None, repr=False)
 
     def __call__(self, sample, model, criterion, optimizer, ignore_grad: bool):
         reason = self.unsupported(sample, model, criterion, optimizer)
@@ -136,7 +146,7 @@ class BucketedTrainStep:
     def _keep_gradients_in_place(self, model) -> None:
         """Every parameter's .grad a view of a flat buffer that stays put (what a recorded backward adds into)."""
         params: List[Tensor] = [p for p in model.parameters() if p.requires_grad]
-        if not hasattr(self, "_views") or len(self._views) != len(params):
+        if len(self._views) != len(params):
             flat = {}
             for p in params:
                 flat[p.dtype] = flat.get(p.dtype, 0) + p.numel()
@@ -158,7 +168,7 @@ class BucketedTrainStep:
 
     def _loss_scale(self, optimizer) -> Tensor:
         """d(optimizer.backward's loss)/d(loss): the optimizer's backward run on a scalar leaf."""
-        if not hasattr(self, "seed"):
+        if self.seed is None:
             device = self._params[0].device
             self.seed = torch.ones((), device=device)
             self._leaf = torch.zeros((), device=device, requires_grad=True)
@@ -169,7 +179,7 @@ class BucketedTrainStep:
     def _record(self, sample, shape, model, criterion) -> Optional[_Graph]:
         """The micro-batch of this shape recorded (not run), or None (and eager steps from now on) if capture fails."""
         static = pad_batch(sample, shape, self.pad, self.eos, self.left_pad_source)
-        if not hasattr(self, "_stream"):
+        if self._stream is None:
             self._stream, self._pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
         if not self.recorded:
             grow_future_mask(model, static["net_input"]["src_tokens"].device, next(model.parameters()).dtype)
