@@ -46,9 +46,17 @@ def test_one_launch_copies_give_fairseqs_values(flat_grads):
         assert mine.dtype == torch.float16 and torch.equal(mine.data, fairseqs.data)
     assert not ours._needs_sync
     before = our32.grad.clone()
-    ours.fp16_params[0].grad.add_(1)  # no backward since the last sync: nothing to copy
+    for optimizer in (theirs, ours):
+        optimizer.fp16_params[0].grad.add_(1)  # no backward since the last sync: nothing to copy
     ours._sync_fp16_grads_to_fp32()
     assert torch.equal(our32.grad, before)
+    for optimizer in (theirs, ours):  # the next update: the same gradient tensors, new values
+        for p in optimizer.fp16_params:
+            if p.grad is not None:
+                p.grad.mul_(-2)
+        optimizer._needs_sync = True
+        optimizer._sync_fp16_grads_to_fp32()
+    assert torch.equal(our32.grad, their32.grad)
 
 
 def test_other_optimizers_are_left_as_they_are():

