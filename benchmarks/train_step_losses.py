@@ -28,7 +28,7 @@ COMMON = (
     "--label-smoothing 0.1 --dropout 0.1 --fp16 --max-tokens 16384 --seed 1 --disable-validation --no-save "
     "--log-format simple --log-interval 1 --no-progress-bar"
 )
-STEP = re.compile(r"\| (training step: .*)")  # which step ran, its fallbacks and recordings
+STEP = re.compile(r"\| ((?:training step|fp16 optimizer): .*)")  # which step ran: fallbacks, recordings, copies
 LOSS = re.compile(r"\| epoch \d+:\s+\d+ / \d+ loss=([\d.]+),.* num_updates=(\d+)")
 
 
