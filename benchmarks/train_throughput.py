@@ -6,7 +6,9 @@ and reports target words/s and peak GPU memory (torch.cuda.max_memory_allocated 
 also holds CUDA graphs' memory pools, is kept as peak_gpu_reserved_bytes) as ratios to the first
 configuration (the baseline). A run's words/s is the median of fairseq's ``wps`` over its logging intervals after
 the warm-up updates (short intervals: on a small corpus an epoch boundary stalls one interval, and the median
-leaves it out); a configuration's is the median over repeats, and the ratio's spread is the range of the
+leaves it out; the upper / lower quartile of those intervals, the largest over a configuration's runs, is printed
+as the interval spread: near 1 on a quiet machine); a configuration's is the median over repeats, and the ratio's
+spread is the range of the
 per-repeat ratios (each run against the baseline's run of the same repeat).
 ``--collab-attention-kernel mixgemm`` in a config's flags picks a kernel.
 
@@ -64,6 +66,8 @@ def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
         "name": name,
         "flags": flags,
         "wps_median": statistics.median(samples),
+        # upper / lower quartile of the intervals' words/s: near 1 on a quiet machine
+        "wps_interval_spread": round(quartile_ratio(samples), 3) if len(samples) > 1 else None,
         "wps_samples": samples,
         "params": int(params.group(1).replace(",", "")) if params else None,
         "wall_s": round(time.time() - start, 1),
@@ -98,15 +102,20 @@ def main():
         if args.out:  # after every repeat: a run cut short keeps the repeats it finished
             write_text_atomically(args.out, json.dumps({"rows": rows, **common, "repeats_done": repeat + 1}, indent=1))
     print(f"{args.repeats} repeat(s); words/s: median over repeats; ratio: median (range) of the per-repeat ratios")
-    print("| config | params | target words/s | speed ratio | peak GPU memory GiB | memory ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| config | params | target words/s | speed ratio | peak GPU memory GiB | memory ratio | interval spread |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         gib = (row["peak_gpu_bytes"] or 0) / 2**30
         spread = f" ({min(row['ratios']):.3f}-{max(row['ratios']):.3f})" if len(row["ratios"]) > 1 else ""
         print(
             f"| {row['name']} | {row['params']:,} | {row['wps_median']:,.0f} | {row['ratio']:.3f}{spread} "
-            f"| {gib:.2f} | {row.get('memory_ratio', float('nan')):.3f} |"
+            f"| {gib:.2f} | {row.get('memory_ratio', float('nan')):.3f} | {row['wps_interval_spread']:.2f} |"
         )
+
+
+def quartile_ratio(samples) -> float:
+    lower, _, upper = statistics.quantiles(samples, n=4)
+    return upper / lower
 
 
 def summarize(configs, runs):
@@ -129,6 +138,7 @@ def summarize(configs, runs):
             "ratios": ratios,
             "peak_gpu_bytes": max(peaks) if peaks else None,
             "peak_gpu_reserved_bytes": max((run.get("peak_gpu_reserved_bytes") or 0 for run in own), default=0),
+            "wps_interval_spread": max((run.get("wps_interval_spread") or 1.0 for run in own), default=1.0),
             "runs": own,
         }
         rows.append(row)
