@@ -122,9 +122,9 @@ class TranslationFastTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         step = self._bucketed_step(model)
         if step is not None:
-            if getattr(self, "fp16_copies", None) is None:
-                self.fp16_copies = speed_up_fp16_optimizer(optimizer)
-                if self.fp16_copies:
+            if getattr(self, "_copies_checked_for", None) is not optimizer:  # the trainer may build a new one
+                self._copies_checked_for = optimizer
+                if speed_up_fp16_optimizer(optimizer):
                     logger.info("fp16 optimizer: one launch each way between the fp16 model and the fp32 weights "
                                 "(collab_fairseq.training.fp16_copies)")  # fmt: skip
             model.train()
