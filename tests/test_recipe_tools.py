@@ -96,6 +96,13 @@ def test_make_table_groups_seeds_and_counts_attention_parameters(tmp_path):
     assert lines[3] == (
         "| collab | 128 | - | 2 | 32.00 (30.00-34.00) | 4.350 (4.300-4.400) | 11,860,992 | 28,589,056 | 1800 |"
     )
+    summary = tmp_path / "corpus_table.json"
+    make_table.main([str(tmp_path), "--attention-layout", "512,4,18", "--summary", str(summary)])
+    transformer, collab = json.load(open(summary))
+    assert (transformer["heads"], transformer["seeds"], transformer["bleu_mean"]) == ("transformer", 1, 36.0)
+    assert collab == {"heads": "collab", "key_dim": 128, "tag": "", "seeds": 2, "seed_list": [1, 2], "bleu_mean": 32.0,
+                      "bleu_min": 30.0, "bleu_max": 34.0, "best_valid_loss_mean": 4.35, "commit": "abc123",
+                      "code": code_hash(), "updates": 1800, "warm_start": None}  # fmt: skip
     rows = json.load(open(tmp_path / "table.json"))
     assert {(r["run"], r["commit"], r["code"], r["updates"], r["warm_start"]) for r in rows} == {
         (name, "abc123", code_hash(), 1800, None)

@@ -124,8 +124,9 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
         WARM_START="3",
         PATIENCE="50",
         RUNS_DIR=str(runs),
-        TABLE="",
+        TABLE=str(tmp_path / "table.md"),
         PLOT="",
+        SUMMARY=str(tmp_path / "multi30k_en_de_table.json"),
     )
     proc = subprocess.run(
         ["bash", str(REPO / "recipes/multi30k_en_de/sweep.sh"), "collab:16:1", "transformer:32:1"],
@@ -151,6 +152,10 @@ def test_multi30k_default_collab_recipe_warm_starts_and_trains_the_rest(copy_dat
     plain = runs / "transformer_dk32_s1"
     assert not (plain / "warm_start").exists() and "num_updates 6" in (plain / "train.log").read_text()
     assert json.load(open(plain / "bleu.json"))["sentences"] > 0
+    rows = json.load(open(tmp_path / "multi30k_en_de_table.json"))  # the table's rows, for results/CORPUS_table.json
+    assert [(r["heads"], r["key_dim"], r["seeds"], r["updates"], r["warm_start"]) for r in rows] == [
+        ("transformer", 32, 1, 6, None), ("collab", 16, 1, 6, 3)]  # fmt: skip
+    assert rows[1]["bleu_mean"] == round(result["sacrebleu"], 2) and rows[1]["code"] == code_hash()
 
 
 @pytest.mark.slow

@@ -1,13 +1,14 @@
 """Collect the runs of a sweep into a markdown table (and a BLEU vs D_k plot).
 
     python -m collab_fairseq.cli.make_table RUNS_DIR --out results/multi30k_en_de/table.md \
-        --plot results/multi30k_en_de/bleu.png
+        --plot results/multi30k_en_de/bleu.png --summary results/multi30k_en_de_table.json
 
 Each run directory holds ``bleu.json`` (collab_fairseq.cli.evaluate) and ``train.log`` (fairseq-train).
 Runs are grouped by (heads, D_k, tag); seeds are summarised as mean (min-max). Every row carries the code that
 trained it (``code``: a hash of collab_fairseq/, ``commit``; see collab_fairseq/provenance.py), its updates and
 its warm start. Rows of different collab_fairseq/ code are refused in one table unless --allow-mixed-code, and
-rows whose code is not this checkout's are listed as stale.
+rows whose code is not this checkout's are listed as stale. ``--out`` also writes every run's row as JSON beside the
+table; ``--summary`` writes one JSON row per table row (seeds, BLEU mean and range, commit, updates, warm start).
 """
 
 import argparse
@@ -142,20 +143,49 @@ def _updates(rows):
     return _fmt([r.get("updates") for r in rows], 0)
 
 
-def table(rows, code_column: bool = False):
+def grouped(rows):
+    """[((heads, D_k, tag), runs)]: the transformer, then concatenated and collaborative heads, wide keys first."""
     groups = defaultdict(list)
     for r in rows:
         groups[(r.get("heads", "?"), r.get("key_dim", 0), r.get("tag", ""))].append(r)
     order = {"transformer": 0, "concat": 1, "collab": 2}
+    return sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2]))
+
+
+def summary(rows):
+    """One JSON row per table row: heads, key_dim, tag, seeds (their number and list), bleu_mean / min / max,
+    best_valid_loss_mean, commit and code (each, or the sorted distinct ones), updates (the total of one run, or
+    each run's where they differ), warm_start."""
+
+    def one_or_all(values):
+        distinct = sorted({v for v in values if v is not None}, key=str)
+        return distinct[0] if len(distinct) == 1 else distinct or None
+
+    out = []
+    for (heads, key_dim, tag), rs in grouped(rows):
+        bleu = [r["sacrebleu"] for r in rs]
+        losses = [r["best_valid_loss"] for r in rs if r.get("best_valid_loss") is not None]
+        updates = [r.get("updates") for r in rs]
+        out.append({
+            "heads": heads, "key_dim": key_dim, "tag": tag or "", "seeds": len(rs),
+            "seed_list": sorted(r.get("seed") for r in rs if r.get("seed") is not None),
+            "bleu_mean": round(statistics.mean(bleu), 2), "bleu_min": min(bleu), "bleu_max": max(bleu),
+            "best_valid_loss_mean": round(statistics.mean(losses), 3) if losses else None,
+            "commit": one_or_all(r.get("commit") for r in rs), "code": one_or_all(r.get("code") for r in rs),
+            "updates": updates[0] if len(set(updates)) == 1 else updates,
+            "warm_start": one_or_all(r.get("warm_start") for r in rs),
+        })  # fmt: skip
+    return out
+
+
+def table(rows, code_column: bool = False):
     lines = [
         # no words/s column: a sweep's runs share GPUs, so their speeds compare nothing (results/performance/ does)
         "| heads | D_k | tag | seeds | test BLEU mean (range) | best valid loss | attention params | total params "
         "| updates |" + (" code |" if code_column else ""),
         "|---|---|---|---|---|---|---|---|---|" + ("---|" if code_column else ""),
     ]
-    for (heads, key_dim, tag), rs in sorted(
-        groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], kv[0][2])
-    ):
+    for (heads, key_dim, tag), rs in grouped(rows):
         first = rs[0]
         cells = [
             heads,
@@ -227,6 +257,9 @@ def main(argv=None):
     parser.add_argument("--out", help="write the markdown table here (atomic)")
     parser.add_argument("--plot", help="write a BLEU vs D_k plot here (needs matplotlib)")
     parser.add_argument(
+        "--summary", help="write one JSON row per table row here (atomic), e.g. results/CORPUS_table.json"
+    )
+    parser.add_argument(
         "--attention-layout",
         help="E,H,LAYERS: count attention parameters in closed form when checkpoints are gone "
         "(transformer_iwslt_de_en: 512,4,18)",
@@ -252,6 +285,8 @@ def main(argv=None):
     if args.out:
         write_text_atomically(args.out, text)
         write_text_atomically(os.path.splitext(args.out)[0] + ".json", json.dumps(rows, indent=1))
+    if args.summary:
+        write_text_atomically(args.summary, json.dumps(summary(rows), indent=1))
     if args.plot:
         try:
             plot(rows, args.plot)

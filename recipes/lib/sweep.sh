@@ -3,6 +3,7 @@
 # PARALLEL at a time, then print the table (python -m collab_fairseq.cli.make_table).
 # Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), CORPUS, PARALLEL (1),
 #   RUNS_DIR (work/$CORPUS/runs), TABLE (results/$CORPUS/table.md), PLOT (results/$CORPUS/bleu.png),
+#   SUMMARY (results/${CORPUS}_table.json: one JSON row per table row; SUMMARY= for none),
 #   TAG (suffix of run names for ablations), plus the corpus train.sh variables (EXTRA, WARM_START, MAX_UPDATE ...).
 #   SWEEP_GPUS: GPU ids, e.g. "0 1 2 3": each run gets one of them (round robin over the grid's order), so a
 #     grid fills a multi-GPU machine with single-GPU runs; unset: every run sees every visible GPU (and trains
@@ -13,6 +14,7 @@ set -euo pipefail
 RUNS_DIR="${RUNS_DIR:-work/$CORPUS/runs}"
 TABLE="${TABLE-results/$CORPUS/table.md}"  # TABLE= (empty): no table, e.g. for runs launched side by side
 PLOT="${PLOT-results/$CORPUS/bleu.png}"
+SUMMARY="${SUMMARY-results/${CORPUS}_table.json}"
 [[ $# -gt 0 ]] || { echo "usage: $0 HEADS:KEY_DIM:SEED ..." >&2; exit 2; }
 for entry in "$@"; do
   [[ "$entry" =~ ^(transformer|collab|concat):[0-9]+:[0-9]+$ ]] || { echo "error: bad grid entry '$entry' (want HEADS:KEY_DIM:SEED, e.g. collab:128:1)" >&2; exit 2; }
@@ -46,5 +48,6 @@ run_one() {  # INDEX HEADS:KEY_DIM:SEED
 export -f run_one
 status=0
 printf '%s\n' "$@" | nl -w1 -s' ' | xargs -P "$PARALLEL" -L1 bash -c 'run_one "$@"' _ || status=$?
-[[ -z "$TABLE" || "${DRY_RUN:-0}" == 1 ]] || python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" --out "$TABLE" ${PLOT:+--plot "$PLOT"}
+[[ -z "$TABLE" || "${DRY_RUN:-0}" == 1 ]] || python3 -m collab_fairseq.cli.make_table "$RUNS_DIR" --out "$TABLE" ${PLOT:+--plot "$PLOT"} \
+  ${SUMMARY:+--summary "$SUMMARY"}
 (( status == 0 )) || { echo "error: some runs of the sweep failed (see above); the table holds the others" >&2; exit 1; }
