@@ -2,7 +2,7 @@
 # Tatoeba En-De (161,813 training pairs after data-prep/prepare-tatoeba-en-de.sh) with transformer_iwslt_de_en sizes
 # (6+6 layers, 512 dims, 4 heads, FFN 1024). Hardware: 1 GPU.
 # Effective batch: 8192 tokens/update. Recipe: Adam (0.9, 0.98), lr 1e-3, inverse_sqrt warm-up 4000, dropout 0.3,
-# label smoothing 0.1, weight decay 1e-4, fp16; validation every epoch (~180 updates).
+# label smoothing 0.1, weight decay 1e-4, fp16; validation every epoch (232 updates at 8,192 tokens).
 # The update budget is chosen on validation loss by sweep.sh (the transformer to convergence with PATIENCE, then
 # every row at its best update); MAX_UPDATE (40000) is a cap for a run of its own.
 # Collaborative heads (HEADS=collab) default to the warm start: fairseq's transformer for the first WARM_START=2000
