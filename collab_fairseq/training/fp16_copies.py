@@ -24,6 +24,11 @@ def speed_up_fp16_optimizer(optimizer) -> bool:
         return False
     if getattr(optimizer, "_one_launch_copies", False):
         return True
+    # fairseq builds the flat fp32 weights and gradient once: their per-parameter views are cut once too
+    (flat32,) = optimizer.fp32_params.values()
+    with_grad = [p for p in optimizer.fp16_params if p.requires_grad]
+    optimizer._fp32_weight_views = _fp32_slices(flat32.data, optimizer.fp16_params)
+    optimizer._fp32_grad_views = _fp32_slices(flat32.grad.data, with_grad)
     optimizer._sync_fp16_grads_to_fp32 = types.MethodType(sync_fp16_grads_to_fp32, optimizer)
     optimizer._sync_fp32_params_to_fp16 = types.MethodType(sync_fp32_params_to_fp16, optimizer)
     optimizer._one_launch_copies = True
@@ -66,12 +71,10 @@ def sync_fp16_grads_to_fp32(self) -> None:
     if flat16 is not None and flat16.numel() == flat32.grad.numel():
         flat32.grad.data.copy_(flat16)
     else:
-        torch._foreach_copy_(_fp32_slices(flat32.grad.data, params), grads)
+        torch._foreach_copy_(self._fp32_grad_views, grads)
     self._needs_sync = False
 
 
 def sync_fp32_params_to_fp16(self) -> None:
     """FP16Optimizer._sync_fp32_params_to_fp16 (flat fp32 weights, one device) in one launch."""
-    (flat32,) = self.fp32_params.values()
-    params = [p.data for p in self.fp16_params]
-    torch._foreach_copy_(params, _fp32_slices(flat32.data, params))
+    torch._foreach_copy_([p.data for p in self.fp16_params], self._fp32_weight_views)

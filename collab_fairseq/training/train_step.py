@@ -92,7 +92,7 @@ class BucketedTrainStep:
             return None
         rows, source, target = batch_shape(sample)
         shape = self.buckets.shape(rows, source, target)
-        if self.graphs and self.failed is None and (reason := graph_unsupported(model)) is not None:
+        if self.graphs and self.failed is None and not self.recorded and (reason := graph_unsupported(model)):
             self.failed = reason
             logger.warning("training step: padded eager micro-batches (no CUDA graphs: %s)", reason)
         graphed = self.graphs and self.failed is None and not ignore_grad and rows <= self.buckets.rows(max(shape[1:]))
