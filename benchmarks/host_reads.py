@@ -13,8 +13,9 @@ inside the task's train_step (forward and backward launched; on CUDA it includes
 in the rest of fairseq's update, and, with --profile-updates N on CUDA, the device's busy time per update (the
 time covered by its kernels, copies and memsets under torch.profiler over N extra updates, not timed themselves,
 which also give the host's time in fairseq's annotated phases: forward, backward, clip-grads (where fp16's overflow
-check waits for the GPU), optimizer, ...; the profiler slows the host). Wall time near device time
-means the GPU sets the pace; wall time well above it means the host does.
+check waits for the GPU), optimizer, ...; the profiler slows the host) and the device's idle time by what the host
+was doing meanwhile (a fairseq phase, the rest of the update, or between updates: what sets the pace where the GPU
+waits). Wall time near device time means the GPU sets the pace; wall time well above it means the host does.
 
 On CUDA these are the host syncs of a step (torch.cuda.set_sync_debug_mode counts the same); on the CPU they are the
 CPU code path's (fairseq's --fp16 overflow check, for one, runs only on CUDA). The mode sees calls that go through
@@ -50,6 +51,7 @@ COMMON = (
 TORCH_DIR = os.path.dirname(torch.__file__)
 # record_function ranges of fairseq's Trainer.train_step and the tasks' train_step (host time under the profiler)
 PHASES = ("forward", "backward", "bucketed micro-batch", "reduce-grads", "multiply-grads", "clip-grads", "optimizer")
+UPDATE = "fairseq update"  # this script's range around each profiled Trainer.train_step
 
 
 class HostReads(TorchFunctionMode):
@@ -85,8 +87,8 @@ def caller() -> str:
 
 
 def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: int = 0, count: bool = True) -> tuple:
-    """([[(phase, name, caller, device), ...] per update], [timing per update], (device busy s per profiled update
-    or None, {phase: host s per profiled update})) of fairseq-train with ``flags``: ``updates`` updates, then
+    """([[(phase, name, caller, device), ...] per update], [timing per update], ``profiled_times`` of the profiled
+    updates) of fairseq-train with ``flags``: ``updates`` updates, then
     ``profile_updates`` profiled ones.
     ``count``: record host reads (the mode's Python call per torch call slows the host: time a run without it)."""
     from fairseq import options
@@ -114,7 +116,8 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
         timing.append({"start": began, "micro_batch_s": 0.0})
         reads.phase = "update"
         try:
-            return trainer_step(self, *args, **kwargs)
+            with torch.profiler.record_function(UPDATE) if profile else contextlib.nullcontext():
+                return trainer_step(self, *args, **kwargs)
         finally:
             reads.phase = "outside"
             per_update.append(start)
@@ -155,36 +158,70 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
             task.train_step = step
     # update i: from its start to the next one's (what happens between two updates belongs to the earlier)
     bounds = per_update[:updates] + [per_update[updates] if len(per_update) > updates else len(reads.calls)]
-    device_s, phases = None, {}
-    if profile:
-        device_s, phases = profiled_times(profiler.events(), profile_updates, cuda)
+    profiled = profiled_times(profiler.events(), profile_updates, cuda) if profile else (None, {}, {})
     for t, nxt in zip(timing, timing[1:]):
         t["wall_s"] = nxt["start"] - t["start"]
-    return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])], timing[:updates], (device_s, phases)
+    return [reads.calls[a:b] for a, b in zip(bounds, bounds[1:])], timing[:updates], profiled
 
 
 def profiled_times(events, updates: int, cuda: bool) -> tuple:
-    """(device busy s per update or None without CUDA, {phase: host s per update}) from the profiler's events. Busy:
-    the union of the device's kernel, copy and memset intervals, leaving out the user annotations that fairseq's
-    record_function ranges also put on the device's timeline (each spans the work it encloses, so summing them
-    counts that work again). A phase's host time: the sum of its CPU ranges."""
+    """(device busy s per update or None without CUDA, {phase: host s per update}, {host phase: device idle s per
+    update}) from the profiler's events. Busy: the union of the device's kernel, copy and memset intervals, leaving
+    out the user annotations that fairseq's record_function ranges also put on the device's timeline (each spans the
+    work it encloses, so summing them counts that work again). A phase's host time: the sum of its CPU ranges. Idle:
+    the device's gaps within the profiled updates, each part charged to what the host was doing meanwhile
+    (``idle_by_host_phase``)."""
     spans = sorted((e.time_range.start, e.time_range.end) for e in events
                    if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)  # fmt: skip
-    busy_us, covered_until = 0, float("-inf")
+    busy, busy_us = [], 0
     for start, end in spans:
-        busy_us += max(0, end - max(start, covered_until))
-        covered_until = max(covered_until, end)
-    phases = {}
+        if busy and start <= busy[-1][1]:
+            busy[-1][1] = max(busy[-1][1], end)
+        else:
+            busy.append([start, end])
+    busy_us = sum(end - start for start, end in busy)
+    phases, ranges = {}, []
     for e in events:
-        if e.device_type == torch.autograd.DeviceType.CPU and e.name in PHASES:
-            phases[e.name] = phases.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1e6 / updates
-    return (busy_us / 1e6 / updates if cuda else None), phases
+        if e.device_type == torch.autograd.DeviceType.CPU and e.name in PHASES + (UPDATE,):
+            ranges.append((e.time_range.start, e.time_range.end, e.name))
+            if e.name in PHASES:
+                phases[e.name] = phases.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1e6 / updates
+    idle = idle_by_host_phase(busy, ranges) if cuda else {}
+    return (busy_us / 1e6 / updates if cuda else None), phases, {k: v / 1e6 / updates for k, v in idle.items()}
+
+
+def idle_by_host_phase(busy: list, ranges: list) -> dict:
+    """{host phase: µs} of the device's idle time between the first and the last profiled update's bounds. ``busy``:
+    the device's merged busy intervals, sorted; ``ranges``: the host's (start, end, name) ranges. Each piece of a gap
+    goes to the innermost (shortest) range covering it: one of fairseq's phases, ``rest of the update`` (inside
+    Trainer.train_step, no phase) or ``between updates`` (the data iterator, logging of progress)."""
+    updates = [(start, end) for start, end, name in ranges if name == UPDATE]
+    if not updates:
+        return {}
+    window = (min(s for s, _ in updates), max(e for _, e in updates))
+    gaps, cursor = [], window[0]
+    for start, end in busy + [[window[1], window[1]]]:
+        if start > cursor:
+            gaps.append((cursor, min(start, window[1])))
+        cursor = max(cursor, end)
+        if cursor >= window[1]:
+            break
+    idle = collections.Counter()
+    for gap_start, gap_end in gaps:
+        inside = [r for r in ranges if r[0] < gap_end and r[1] > gap_start]
+        cuts = sorted({gap_start, gap_end, *(t for r in inside for t in r[:2] if gap_start < t < gap_end)})
+        for a, b in zip(cuts, cuts[1:]):
+            covering = [r for r in inside if r[0] <= a and r[1] >= b]
+            name = min(covering, key=lambda r: r[1] - r[0])[2] if covering else "between updates"
+            idle["rest of the update" if name == UPDATE else name] += b - a
+    return dict(idle)
 
 
 def summarize_time(timing: list, warmup: int, profiled) -> dict:
-    """Medians over the updates after ``warmup``, in ms; from the profiled updates (``(device s, {phase: host s})``
-    per update, or None), the device's busy time and the host's time in fairseq's annotated phases."""
-    device_s, phases = profiled if profiled else (None, {})
+    """Medians over the updates after ``warmup``, in ms; from the profiled updates (``(device s, {phase: host s},
+    {host phase: device idle s})`` per update, or None), the device's busy time, the host's time in fairseq's
+    annotated phases and the device's idle time by what the host was doing."""
+    device_s, phases, idle = profiled if profiled else (None, {}, {})
     steady = [t for t in timing[warmup:] if "wall_s" in t] or [t for t in timing if "wall_s" in t]
 
     def ms(key):
@@ -199,6 +236,9 @@ def summarize_time(timing: list, warmup: int, profiled) -> dict:
         "device_busy_ms_per_update": None if device_s is None else round(1000 * device_s, 2),
         "device_busy_fraction": None if device_s is None or not wall else round(1000 * device_s / wall, 3),
         "profiled_host_ms_by_phase": {name: round(1000 * seconds, 2) for name, seconds in phases.items()},
+        "profiled_device_idle_ms_by_host_phase": {
+            name: round(1000 * seconds, 2) for name, seconds in sorted(idle.items(), key=lambda kv: -kv[1])
+        },
     }
 
 
@@ -255,6 +295,9 @@ def main(argv=None):
     for name, r in results.items():
         if r["time"]["profiled_host_ms_by_phase"]:
             print(f"{name}: host ms per profiled update by phase: {r['time']['profiled_host_ms_by_phase']}")
+        if r["time"]["profiled_device_idle_ms_by_host_phase"]:
+            idle = r["time"]["profiled_device_idle_ms_by_host_phase"]
+            print(f"{name}: device idle ms per profiled update, by what the host was doing: {idle}")
     for name, r in results.items():
         print(f"\n{name}: call sites (reads per update, device of the tensor read)")
         for site in r["sites"]:

@@ -215,8 +215,8 @@ def test_host_reads_finds_fairseqs_padding_checks_and_none_in_transformer_collab
         calls, timing, profiled = host_reads.record(str(bin_dir), f"--arch {arch} {tiny}", 3, USER_DIR, 2)
         summary = host_reads.summarize(calls, 1)
         assert summary["updates_counted"] == 2 and summary["cuda_reads_per_update"] == 0  # a CPU run
-        device_s, phases = profiled
-        assert len(timing) == 3 and device_s is None  # no device time on the CPU; the host's phases:
+        device_s, phases, idle = profiled
+        assert len(timing) == 3 and device_s is None and idle == {}  # no device time on the CPU; the host's phases:
         assert {"forward", "backward", "clip-grads", "optimizer"} <= set(phases) and all(phases.values())
         step = host_reads.summarize_time(timing, 1, profiled)
         assert 0 < step["micro_batch_host_ms_per_update"] < step["wall_ms_per_update"]
@@ -262,7 +262,21 @@ def test_profiled_device_time_is_the_union_of_kernels_not_annotations():
               event("gemm", cuda, 100, 300), event("softmax", cuda, 250, 500), event("copy", cuda, 700, 900),
               event("optimizer", cpu, 500, 600), event("forward", cpu, 1000, 1200),
               event("aten::mm", cpu, 0, 50)]  # fmt: skip
-    device_s, phases = host_reads.profiled_times(events, updates=2, cuda=True)
+    device_s, phases, idle = host_reads.profiled_times(events, updates=2, cuda=True)
     assert device_s == pytest.approx((400 + 200) / 1e6 / 2)  # 100-500 and 700-900; the annotation left out
     assert phases == pytest.approx({"forward": 600 / 1e6 / 2, "optimizer": 100 / 1e6 / 2})
+    assert idle == {}  # no update ranges: no window to charge idle time in
     assert host_reads.profiled_times(events[:1], updates=1, cuda=False)[0] is None
+
+
+def test_device_idle_time_goes_to_what_the_host_was_doing():
+    """Gaps on the device's timeline inside the profiled updates, each piece charged to the innermost host range."""
+    update = host_reads.UPDATE
+    busy = [[100, 300], [500, 600], [900, 1000]]
+    ranges = [(0, 700, update), (250, 450, "clip-grads"), (450, 550, "optimizer"), (800, 1100, update)]
+    idle = host_reads.idle_by_host_phase(busy, ranges)
+    # 0-100: rest of the update; 300-450: clip-grads; 450-500: optimizer; 600-700: rest; 700-800: between updates;
+    # 800-900: rest; 1000-1100: rest (the window ends with the last update)
+    assert idle == {"rest of the update": 100 + 100 + 100 + 100, "clip-grads": 150, "optimizer": 50,
+                    "between updates": 100}  # fmt: skip
+    assert sum(idle.values()) == 1100 - sum(end - start for start, end in busy)
