@@ -61,11 +61,14 @@ def test_padding_to_a_bucket_changes_neither_loss_nor_gradients(copy_data, colla
         padded_loss, padded_grads = results[name]
         torch.testing.assert_close(padded_loss, loss, rtol=1e-6, atol=1e-4)
         assert padded_grads.keys() == grads.keys()
+        largest = max(grad.abs().max() for grad in grads.values())
         for param, grad in grads.items():
             # to fp32 precision: sums over other shapes round differently, by CPU (1.7e-5 of the largest gradient
-            # on the H100 machine's); a padded position that leaked in would be off by far more
+            # on an H100 machine's), also where a gradient is zero in exact arithmetic and only rounding is left
+            # (a key bias: softmax ignores a constant per query; 1.3e-7 on an H200 machine's CPU); a padded position
+            # that leaked in would be off by far more
             error = (padded_grads[param] - grad).abs().max()
-            assert error <= 1e-4 * grad.abs().max() + 1e-7, (param, error)
+            assert error <= 1e-4 * grad.abs().max() + 1e-5 * largest, (param, error)
 
 
 def test_buckets_cut_batches_the_way_fairseq_sizes_them():

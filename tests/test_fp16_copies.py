@@ -65,3 +65,16 @@ def test_other_optimizers_are_left_as_they_are():
     per_parameter = fp16_optimizer([(2,)], flat_grads=False)
     per_parameter.fp32_params = [copy.deepcopy(per_parameter.fp32_params[None])]  # --fp16-no-flatten-grads
     assert not speed_up_fp16_optimizer(per_parameter)
+
+
+def test_the_task_binds_them_unless_told_to_keep_fairseqs(copy_data):
+    from collab_fairseq.tasks.translation_fast import TranslationFastConfig, TranslationFastTask
+
+    _, bin_dir = copy_data
+    tasks = {keep: TranslationFastTask.setup_task(TranslationFastConfig(
+        data=str(bin_dir), source_lang="src", target_lang="tgt", dataset_impl=None, fairseq_fp16_copies=keep))
+        for keep in (False, True)}  # fmt: skip
+    optimizers = {keep: fp16_optimizer([(3,), (2, 2)], flat_grads=True) for keep in (False, True)}
+    assert tasks[False]._bind_fp16_copies(optimizers[False])
+    assert not tasks[True]._bind_fp16_copies(optimizers[True])
+    assert "_sync_fp16_grads_to_fp32" not in vars(optimizers[True])  # fairseq's methods, untouched

@@ -239,8 +239,9 @@ def test_wmt14_takes_large_steps_on_large_gpus(memory_gib, gpus, auto, tokens, f
 
 def test_recipes_train_with_the_fast_task_when_asked():
     default = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1").stdout
-    on = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1", FAST_TRAIN="1").stdout
-    assert _flag(on, "--task") == "translation_fast" and "--task" not in default
+    on = _dry_run("recipes/wmt14_en_de/train.sh", HEADS="transformer", NGPU="1", FAST_TRAIN="1")
+    assert _flag(on.stdout, "--task") == "translation_fast" and _flag(on.stdout, "--train-step") == "auto"
+    assert "--task" not in default and "trained worse models than fairseq's step" in on.stderr
 
 
 @pytest.mark.parametrize(

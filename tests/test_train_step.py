@@ -103,13 +103,35 @@ def test_gradients_stay_in_place_and_the_loss_scale_is_the_optimizers(copy_data,
     assert not flat.any()  # the leaf is not a parameter
 
 
+def test_fairseqs_step_is_the_default_and_a_gpu_run_of_the_others_is_warned(copy_data, monkeypatch, caplog):
+    """On a GPU the bucketed and graphed steps trained worse models than fairseq's (results/fast_train_quality):
+    they run only when asked for, and then the log says so."""
+    _, bin_dir = copy_data
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (
+        TranslationFastConfig().train_step == "fairseq" and fast_task(bin_dir, "fairseq").train_step_mode() == "fairseq"
+    )
+    task = fast_task(bin_dir, "auto")
+    assert task.train_step_mode() == "graphs"
+    first_batches(task, 1)  # the training batches: the buckets
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    with caplog.at_level("WARNING"):
+        assert task._bucketed_step(model) is not None
+    assert "trained worse models than fairseq's" in caplog.text and "--train-step fairseq (the default)" in caplog.text
+
+
 def test_fairseq_train_runs_the_bucketed_step_and_says_so(copy_data, tmp_path):
-    """``--train-step graphs`` trains (on the CPU with padded eager micro-batches); each epoch sees every pair once."""
+    """``--train-step graphs`` trains (on the CPU with padded eager micro-batches); each epoch sees every pair once.
+    Without ``--train-step`` the task trains with fairseq's batches and step."""
     _, bin_dir = copy_data
     common = ["--user-dir", USER_DIR, "--arch", "transformer_collab_iwslt_de_en", "--collab-key-dim", "16",
               *TINY_MODEL, *TRAIN_FLAGS, "--max-epoch", "1", "--no-save", "--task", "translation_fast",
               "--required-batch-size-multiple", "8"]  # fmt: skip
-    logs = {mode: fairseq_train(bin_dir, *common, "--train-step", mode) for mode in ("graphs", "fairseq")}
+    logs = {
+        "graphs": fairseq_train(bin_dir, *common, "--train-step", "graphs"),
+        "fairseq": fairseq_train(bin_dir, *common),
+    }
     if torch.cuda.is_available():
         assert "training step: a CUDA graph per batch shape" in logs["graphs"]
     else:

@@ -16,9 +16,10 @@
 #                  up), else 4096 (GPU_MEMORY_GIB replaces the query, e.g. to plan another machine with DRY_RUN)
 #   FP16           1 (default) | 0
 #   NGPU           GPUs per node (default: every visible one)
-#   FAST_TRAIN     0 (default): fairseq's translation task; 1: --task translation_fast, whose training step replays a
-#                  CUDA graph per batch shape on one GPU (fairseq's step on the CPU and on several GPUs; the log says
-#                  which runs). Off by default until its GPU path is confirmed (results/performance/README.md)
+#   FAST_TRAIN     0 (default): fairseq's translation task; 1: --task translation_fast --train-step auto, whose
+#                  training step replays a CUDA graph per batch shape on one GPU (fairseq's step on the CPU and on
+#                  several GPUs; the log says which runs). For measuring speed only: on a GPU it trained worse models
+#                  than fairseq's step (results/fast_train_quality/README.md)
 #   EXTRA          more fairseq-train flags
 #   WARM_START     U (collab only): the paper's re-parametrization route within the same budget: train fairseq's
 #                  transformer for U updates, collab-reparametrize it to D_k, then train the collaborative model
@@ -48,6 +49,8 @@ export COLLAB_FAIRSEQ_CUDNN_ATTENTION="${CUDNN_ATTENTION:-0}"
 [[ "$HEADS" =~ ^(transformer|collab|concat)$ ]] ||
   { echo "error: HEADS must be transformer, collab or concat (got '$HEADS')" >&2; exit 2; }
 [[ "${FAST_TRAIN:-0}" =~ ^[01]$ ]] || { echo "error: FAST_TRAIN must be 1 or 0 (got '$FAST_TRAIN')" >&2; exit 2; }
+[[ "${FAST_TRAIN:-0}" == 0 ]] || echo "[train] warning: FAST_TRAIN=1 trained worse models than fairseq's step on a GPU" \
+  "(results/fast_train_quality/README.md): use it to measure speed, not to train models to keep" >&2
 
 # the effective batch, whatever the world size: GPUs x update-freq x tokens per GPU >= TOKENS_PER_UPDATE
 NGPU="${NGPU:-$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")}"
@@ -85,7 +88,7 @@ fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [m
            ${KERNEL:+--collab-attention-kernel "$KERNEL"})
   fi
   local options=(); [[ "${FP16:-1}" == 1 ]] && options+=(--fp16); [[ -n "$patience" ]] && options+=(--patience "$patience")
-  [[ "${FAST_TRAIN:-0}" == 1 ]] && options+=(--task translation_fast)
+  [[ "${FAST_TRAIN:-0}" == 1 ]] && options+=(--task translation_fast --train-step auto)
   local cmd=(python3 -m fairseq_cli.train "$DATA" --user-dir "$REPO/collab_fairseq" "${model[@]}"
     --share-all-embeddings --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm "${CLIP_NORM:-0.0}"
     --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$warmup" --warmup-init-lr "$init_lr"
