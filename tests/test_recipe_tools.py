@@ -102,7 +102,19 @@ def test_make_table_groups_seeds_and_counts_attention_parameters(tmp_path):
     assert (transformer["heads"], transformer["seeds"], transformer["bleu_mean"]) == ("transformer", 1, 36.0)
     assert collab == {"heads": "collab", "key_dim": 128, "tag": "", "seeds": 2, "seed_list": [1, 2], "bleu_mean": 32.0,
                       "bleu_min": 30.0, "bleu_max": 34.0, "best_valid_loss_mean": 4.35, "commit": "abc123",
-                      "code": code_hash(), "updates": 1800, "warm_start": None}  # fmt: skip
+                      "code": code_hash(), "updates": 1800, "warm_start": None,
+                      "study": os.path.normpath(str(tmp_path))}  # fmt: skip
+    other = tmp_path / "other_study"
+    other.mkdir()
+    _fixture_run(other, "transformer_dk512_s1", "transformer", 512, 1, 35.0, [4.2], 35_639_296)
+    make_table.main([str(other), "--attention-layout", "512,4,18", "--summary", str(summary)])
+    make_table.main([str(tmp_path), "--attention-layout", "512,4,18", "--summary", str(summary)])  # made again
+    rows = json.load(open(summary))
+    assert [(r["study"], r["heads"], r["bleu_mean"]) for r in rows] == [
+        (str(other), "transformer", 35.0),
+        (str(tmp_path), "transformer", 36.0),
+        (str(tmp_path), "collab", 32.0),
+    ]  # the other study's row kept, this study's replaced, not doubled
     rows = json.load(open(tmp_path / "table.json"))
     assert {(r["run"], r["commit"], r["code"], r["updates"], r["warm_start"]) for r in rows} == {
         (name, "abc123", code_hash(), 1800, None)

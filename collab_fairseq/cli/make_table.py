@@ -8,7 +8,8 @@ Runs are grouped by (heads, D_k, tag); seeds are summarised as mean (min-max). E
 trained it (``code``: a hash of collab_fairseq/, ``commit``; see collab_fairseq/provenance.py), its updates and
 its warm start. Rows of different collab_fairseq/ code are refused in one table unless --allow-mixed-code, and
 rows whose code is not this checkout's are listed as stale. ``--out`` also writes every run's row as JSON beside the
-table; ``--summary`` writes one JSON row per table row (seeds, BLEU mean and range, commit, updates, warm start).
+table; ``--summary`` writes one JSON row per table row (seeds, BLEU mean and range, commit, updates, warm start,
+study = RUNS_DIR), keeping the rows of other studies that the file already holds.
 """
 
 import argparse
@@ -99,6 +100,18 @@ def collect(runs_dir, layout=None):
             result["updates"] += result["warm_start"]
         rows.append(result)
     return rows
+
+
+def merged_summary(path, runs_dir, rows) -> list:
+    """``summary(rows)``, each row marked with its study (``runs_dir``), after the rows of other studies that the
+    JSON file at ``path`` already holds: a corpus's file gathers its studies, and a study made again replaces its
+    own rows only."""
+    study = os.path.normpath(runs_dir)
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [r for r in json.load(f) if r.get("study") != study]
+    return kept + [{**row, "study": study} for row in summary(rows)]
 
 
 class MixedCodeError(ValueError):
@@ -257,7 +270,9 @@ def main(argv=None):
     parser.add_argument("--out", help="write the markdown table here (atomic)")
     parser.add_argument("--plot", help="write a BLEU vs D_k plot here (needs matplotlib)")
     parser.add_argument(
-        "--summary", help="write one JSON row per table row here (atomic), e.g. results/CORPUS_table.json"
+        "--summary",
+        help="write one JSON row per table row here (atomic), e.g. results/CORPUS_table.json, each marked with its "
+        "study (RUNS_DIR); rows of other studies already in the file are kept",
     )
     parser.add_argument(
         "--attention-layout",
@@ -286,7 +301,7 @@ def main(argv=None):
         write_text_atomically(args.out, text)
         write_text_atomically(os.path.splitext(args.out)[0] + ".json", json.dumps(rows, indent=1))
     if args.summary:
-        write_text_atomically(args.summary, json.dumps(summary(rows), indent=1))
+        write_text_atomically(args.summary, json.dumps(merged_summary(args.summary, args.runs_dir, rows), indent=1))
     if args.plot:
         try:
             plot(rows, args.plot)

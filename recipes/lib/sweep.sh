@@ -3,7 +3,8 @@
 # PARALLEL at a time, then print the table (python -m collab_fairseq.cli.make_table).
 # Environment: RECIPE_DIR (the corpus recipe folder, with train.sh and evaluate.sh), CORPUS, PARALLEL (1),
 #   RUNS_DIR (work/$CORPUS/runs), TABLE (results/$CORPUS/table.md), PLOT (results/$CORPUS/bleu.png),
-#   SUMMARY (results/${CORPUS}_table.json: one JSON row per table row; SUMMARY= for none),
+#   SUMMARY (results/${CORPUS}_table.json: one JSON row per table row, marked with RUNS_DIR as its study; rows of
+#     other studies in it are kept; SUMMARY= for none),
 #   TAG (suffix of run names for ablations), plus the corpus train.sh variables (EXTRA, WARM_START, MAX_UPDATE ...).
 #   SWEEP_GPUS: GPU ids, e.g. "0 1 2 3": each run gets one of them (round robin over the grid's order), so a
 #     grid fills a multi-GPU machine with single-GPU runs; unset: every run sees every visible GPU (and trains
