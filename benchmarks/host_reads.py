@@ -173,7 +173,7 @@ def profiled_times(events, updates: int, cuda: bool) -> tuple:
     (``idle_by_host_phase``)."""
     spans = sorted((e.time_range.start, e.time_range.end) for e in events
                    if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)  # fmt: skip
-    busy, busy_us = [], 0
+    busy = []
     for start, end in spans:
         if busy and start <= busy[-1][1]:
             busy[-1][1] = max(busy[-1][1], end)

@@ -16,9 +16,9 @@ collab_dk128_static (fairseq's search / the package's, ``--task translation_fast
 package's against fairseq's for D_k 128, and D_k 128 against the transformer under the package's) and
 ``fast_beam_cache_key_ratio`` (bytes of the self-attention key cache, D_k 128 / transformer), with
 ``fast_beam_commit``. fast-train: train_throughput.py with the configurations transformer_stock (``--task
-translation``), transformer_fast, collab_dk128_fast and collab_dk64_fast (``--task translation_fast``):
-``fast_train_wps_ratio`` (median over repeats of the per-repeat ratios of words/s: D_k 128 / 64 under the fast step
-against the stock transformer and against the transformer under the same step) and ``fast_train_memory_ratio``
+translation``), transformer_fast, collab_dk128_fast and collab_dk64_fast (``--task translation_fast --train-step
+auto``): ``fast_train_wps_ratio`` (median over repeats of the per-repeat ratios of words/s: D_k 128 / 64 under the
+fast step against the stock transformer and against the transformer under the same step) and ``fast_train_memory_ratio``
 (peak reserved GPU memory, which holds the graphs' pool, of the transformer under the fast step / stock), with
 ``fast_train_commit``. ``--merge``: start from an existing summary, keeping what this run does not replace.
 ``commits`` names the commit each figure was measured on (--commit unless --source-commit says otherwise), and

@@ -67,7 +67,8 @@ def sync_fp16_grads_to_fp32(self) -> None:
         flat16 = cached[1]
     else:
         flat16 = _as_one_buffer(grads)
-        self._grads_buffer = (grads, flat16)
+        # kept only for the step's gradient buffer, which lives on anyway: eager gradients are freed by zero_grad
+        self._grads_buffer = (grads, flat16) if flat16 is not None else None
     if flat16 is not None and flat16.numel() == flat32.grad.numel():
         flat32.grad.data.copy_(flat16)
     else:
