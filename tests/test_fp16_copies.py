@@ -78,3 +78,39 @@ def test_the_task_binds_them_unless_told_to_keep_fairseqs(copy_data):
     assert tasks[False]._bind_fp16_copies(optimizers[False])
     assert not tasks[True]._bind_fp16_copies(optimizers[True])
     assert "_sync_fp16_grads_to_fp32" not in vars(optimizers[True])  # fairseq's methods, untouched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fairseq's FP16Optimizer needs CUDA")
+@pytest.mark.parametrize("flat_grads", [False, True])
+def test_a_real_fp16_optimizer_updates_the_same_with_one_launch_copies(flat_grads):
+    """fairseq's FP16Optimizer built as fairseq-train builds it (Adam, flat fp32 weights on the GPU): several updates
+    with the one-launch copies leave every fp16 parameter and the fp32 weights bit for bit as fairseq's copies do."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "unused", "--arch", "transformer", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "1e-4",
+        "--fp16", "--fp16-init-scale", "128"])  # fmt: skip
+    cfg = convert_namespace_to_omegaconf(args)
+    torch.manual_seed(0)
+    template = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    models = [copy.deepcopy(template).cuda().half() for _ in range(2)]
+    optimizers = [FP16Optimizer.build_optimizer(cfg, list(m.parameters())) for m in models]
+    assert speed_up_fp16_optimizer(optimizers[1])
+    for update in range(4):
+        inputs = torch.randn(64, 16, device="cuda").half()
+        for model, optimizer in zip(models, optimizers):
+            if flat_grads:  # the gradients as --task translation_fast's step keeps them: views of one buffer
+                flat = torch.zeros(sum(p.numel() for p in model.parameters()), device="cuda", dtype=torch.half)
+                for p, piece in zip(model.parameters(), flat.split([p.numel() for p in model.parameters()])):
+                    p.grad = piece.view_as(p)
+            optimizer.backward(model(inputs).float().pow(2).mean())
+            optimizer.multiply_grads(1 / 64)
+            optimizer.clip_grad_norm(0.0)
+            optimizer.step()
+            optimizer.zero_grad()
+        for theirs, ours in zip(models[0].parameters(), models[1].parameters()):
+            assert ours.dtype == torch.half and torch.equal(ours, theirs), update
+        (their32,), (our32,) = optimizers[0].fp32_params.values(), optimizers[1].fp32_params.values()
+        assert torch.equal(our32, their32) and not torch.equal(our32, torch.zeros_like(our32))
+    assert not torch.equal(models[1][0].weight.float(), template[0].weight.cuda())  # the updates changed it
