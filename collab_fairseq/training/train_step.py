@@ -133,7 +133,9 @@ class BucketedTrainStep:
         if ignore_grad:
             loss *= 0
         optimizer.backward(loss)
-        return loss, *self._counts(sample, criterion, logging_output)
+        # detached: a caller that keeps the loss would keep its graph's leaf nodes, which remember the stream of this
+        # eager backward, and a later recording's backward would then wait on that stream (a capture error)
+        return loss.detach(), *self._counts(sample, criterion, logging_output)
 
     @staticmethod
     def _counts(sample, criterion, logging_output) -> Tuple[int, dict]:
