@@ -72,19 +72,26 @@ def test_padding_to_a_bucket_changes_neither_loss_nor_gradients(copy_data, colla
 
 
 def test_buckets_cut_batches_the_way_fairseq_sizes_them():
-    """Every pair once; a batch holds pairs of one bucket (max(source, target) rounded up), at most the bucket's
-    rows, which fill --max-tokens at the bucket's length in multiples of --required-batch-size-multiple."""
+    """Every pair once; a batch is full at its longest pair's bucket (max(source, target) rounded up: rows that fill
+    --max-tokens at that length in multiples of --required-batch-size-multiple), its shorter pairs left over from
+    shorter buckets, except a few (left-overs as many as the next bucket's rows; the longest bucket's last two),
+    which are at least half full."""
     rng = np.random.default_rng(0)
     source, target = rng.integers(1, 60, 1000), rng.integers(1, 70, 1000)
     buckets = Buckets(width=8, max_tokens=1024, max_sentences=None, batch_multiple=8)
     batches = buckets.batches(np.argsort(source, kind="stable"), source, target)
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    filled = []
     for batch in batches:
         rows, s, t = buckets.shape(len(batch), source[batch].max(), target[batch].max())
-        (length,) = {buckets.length(n) for n in np.maximum(source[batch], target[batch])}
+        length = buckets.length(max(source[batch].max(), target[batch].max()))
         assert max(s, t) == length and len(batch) <= rows <= buckets.rows(length) and rows % 8 == 0
         assert buckets.rows(length) * length <= 1024 and buckets.rows(length) % 8 == 0
-    assert sum(len(b) < buckets.rows(buckets.length(max(source[b].max(), target[b].max()))) for b in batches) <= 9
+        filled.append(len(batch) / buckets.rows(length))
+    assert min(filled) >= 0.5 and sum(f < 1 for f in filled) <= 3
+    lengths = np.array([4, 5, 60])
+    lonely = Buckets(width=8, max_tokens=1024, max_sentences=None).batches(np.arange(3), lengths, lengths)
+    assert [b.tolist() for b in lonely] == [[0, 1, 2]]  # short pairs' left-overs join the longest pair
     assert buckets.shape(3, 10, 12) == (8, 16, 16) and buckets.shape(60, 10, 12) == (64, 16, 16)
     assert buckets.shape(65, 10, 12) == (65, 16, 16)  # more rows than the bucket's: as they are
     assert buckets.rows(16) == 64 and buckets.rows(72) == 8 and buckets.rows(1032) == 1
