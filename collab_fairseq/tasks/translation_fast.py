@@ -11,7 +11,8 @@ Everything is fairseq's ``translation`` task except:
   between the fp16 model and its fp32 weights in one launch each way (:mod:`collab_fairseq.training.fp16_copies`;
   ``--fairseq-fp16-copies`` keeps fairseq's).
   They are not the default because on a GPU they trained worse models than fairseq's step
-  (``results/fast_train_quality``: Multi30k 19 BLEU against 37.7, the cause not yet found); on a GPU the log says so.
+  (``results/fast_train_quality``: Multi30k 19 BLEU against 37.7 at 6b3e42d; the likely cause, small left-over
+  batches, fixed in b61c4a4 but not yet measured again on a GPU); on a GPU the log says so.
 - the generator it builds (for fairseq-generate, fairseq-interactive, the hub interface and validation BLEU):
   ``--generator auto`` (the default) searches with :class:`~collab_fairseq.generation.generator.StaticBeamGenerator`
   on CUDA and with fairseq's SequenceGenerator on the CPU; ``static`` uses the former everywhere, ``fairseq`` the
@@ -170,7 +171,8 @@ class TranslationFastTask(TranslationTask):
                         "padded eager micro-batches (--train-step bucketed)")  # fmt: skip
         if cuda:
             logger.warning("training step: on a GPU this step trained worse models than fairseq's (Multi30k: 19 BLEU "
-                           "against 37.7, results/fast_train_quality; cause not found yet): use it to measure speed, "
+                           "against 37.7, results/fast_train_quality; the likely cause fixed, not yet measured again "
+                           "on a GPU): use it to measure speed, "
                            "and --train-step fairseq (the default) to train models")  # fmt: skip
         src, tgt = self.source_dictionary, self.target_dictionary
         assert src.pad() == tgt.pad() and src.eos() == tgt.eos(), "source and target dictionaries disagree on pad/eos"

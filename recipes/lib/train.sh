@@ -19,7 +19,8 @@
 #   FAST_TRAIN     0 (default): fairseq's translation task; 1: --task translation_fast --train-step auto, whose
 #                  training step replays a CUDA graph per batch shape on one GPU (fairseq's step on the CPU and on
 #                  several GPUs; the log says which runs). For measuring speed only: on a GPU it trained worse models
-#                  than fairseq's step (results/fast_train_quality/README.md)
+#                  than fairseq's step (results/fast_train_quality/README.md; the likely cause fixed, not yet
+#                  measured again on a GPU)
 #   EXTRA          more fairseq-train flags
 #   WARM_START     U (collab only): the paper's re-parametrization route within the same budget: train fairseq's
 #                  transformer for U updates, collab-reparametrize it to D_k, then train the collaborative model
