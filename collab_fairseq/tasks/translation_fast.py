@@ -11,8 +11,8 @@ Everything is fairseq's ``translation`` task except:
   between the fp16 model and its fp32 weights in one launch each way (:mod:`collab_fairseq.training.fp16_copies`;
   ``--fairseq-fp16-copies`` keeps fairseq's).
   They are not the default because on a GPU they trained worse models than fairseq's step
-  (``results/fast_train_quality``: Multi30k 19 BLEU against 37.7 at 6b3e42d; the likely cause, small left-over
-  batches, fixed in b61c4a4 but not yet measured again on a GPU); on a GPU the log says so.
+  (``results/fast_train_quality``: Multi30k 19 BLEU against 37.7; the likely cause, small left-over batches, is
+  fixed but not yet measured again on a GPU); on a GPU the log says so.
 - the generator it builds (for fairseq-generate, fairseq-interactive, the hub interface and validation BLEU):
   ``--generator auto`` (the default) searches with :class:`~collab_fairseq.generation.generator.StaticBeamGenerator`
   on CUDA and with fairseq's SequenceGenerator on the CPU; ``static`` uses the former everywhere, ``fairseq`` the

@@ -7,10 +7,10 @@ bucket of its length as fairseq counts it for --max-tokens, max(source, target),
 each batch is padded to its longest source and target rounded up to ``width`` (its rows: a partly filled batch is
 rounded up to a multiple of 8). The batches are the same every epoch, so the shapes recur: on Multi30k at 16,384
 tokens, 33 batches an epoch in 12 shapes, 13.9% of their positions padding (fairseq's own: 40 batches in 40 shapes,
-18.9%); at 8,192 tokens 65 batches in 17 shapes, 12.8% (fairseq's: 70, 11.6%). Without the carry-up each bucket
-ended in a batch of its own left-overs, down to one pair (60 target tokens against fairseq's smallest of 2,437),
-a full Adam step in a noisy direction every epoch. Keying buckets on (source, target) instead gave many more partly
-filled batches (47% padding). fairseq's ``--num-batch-buckets`` cannot be used on numpy 2 (``np.compat`` is gone).
+18.9%); at 8,192 tokens 65 batches in 17 shapes, 12.8% (fairseq's: 70, 11.6%), the smallest with 2,129 target
+tokens (fairseq's: 2,437). Left-overs kept in their own bucket make batches down to one pair, which trained worse
+(results/fast_train_quality). Keying buckets on (source, target) instead gave many more partly filled batches (47%
+padding). fairseq's ``--num-batch-buckets`` cannot be used on numpy 2 (``np.compat`` is gone).
 
 Padding leaves the loss and its gradients unchanged (tests/test_bucket_padding.py): padded positions are masked as
 keys and ignored as targets, and a padding row has a source of one EOS (so that no attention row is all masked,
