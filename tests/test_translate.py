@@ -58,18 +58,21 @@ def spm_run(tmp_path_factory):
     return run, bin_dir, root / "spm.model"
 
 
+def output_texts(interactive_output: str, prefix: str):
+    """The text column of fairseq-interactive's lines that start with ``prefix`` (H-: pieces, D-: detokenized)."""
+    return [line.split("\t")[2] for line in interactive_output.splitlines() if line.startswith(prefix)]
+
+
 @pytest.fixture(scope="module")
 def expected(spm_run):
     """What the tiny model translates SENTENCES into when the test does the sentencepiece steps itself: pieces in,
-    fairseq-interactive without --bpe, pieces out, decoded. The clients below must give exactly this. Whether the
-    last word comes out once or twice depends on the float rounding of the machine's thread count (a tiny model),
-    so the copies themselves are held to most words (assert_mostly_copies)."""
+    fairseq-interactive without --bpe, pieces out, decoded. The clients below must give exactly this."""
     run, bin_dir, model = spm_run
     pieces = spm.SentencePieceProcessor(model_file=str(model))
     stdin = "".join(" ".join(pieces.encode(s, out_type=str)) + "\n" for s in SENTENCES)
     out = fairseq_interactive(bin_dir, "--user-dir", USER_DIR, "--path", run / "checkpoint_last.pt", "--beam", "4",
                               "--source-lang", "src", "--target-lang", "tgt", stdin=stdin)  # fmt: skip
-    translations = [pieces.decode(line.split("\t")[2].split()) for line in out.splitlines() if line.startswith("H-")]
+    translations = [pieces.decode(text.split()) for text in output_texts(out, "H-")]
     assert_mostly_copies(translations, COPIES)
     return translations
 
@@ -85,7 +88,7 @@ def test_fairseq_interactive_translates_raw_text_with_the_sentencepiece_flags(sp
     flags = flags.replace("work/multi30k_en_de/spm/spm.model", str(model))
     out = fairseq_interactive(bin_dir, "--user-dir", USER_DIR, "--path", run / "checkpoint_last.pt", *flags.split(),
                               "--beam", "4", stdin="\n".join(SENTENCES) + "\n")  # fmt: skip
-    detokenized = [line.split("\t")[2] for line in out.splitlines() if line.startswith("D-")]
+    detokenized = output_texts(out, "D-")
     assert detokenized == expected, out[-2000:]
 
 
@@ -108,6 +111,6 @@ def test_fairseq_interactive_translates_with_the_package_beam_search(spm_run, ex
         out = fairseq_interactive(bin_dir, "--user-dir", USER_DIR, "--path", run / "checkpoint_last.pt", *flags,
                                   "--beam", "4", "--task", "translation_fast", "--generator", "static",
                                   stdin="\n".join(SENTENCES) + "\n")  # fmt: skip
-    detokenized = [line.split("\t")[2] for line in out.splitlines() if line.startswith("D-")]
+    detokenized = output_texts(out, "D-")
     assert detokenized == expected, out[-2000:]
     assert "beam search: fixed batch x beam (4)" in log.getvalue() and "decoding: static caches" in log.getvalue()
