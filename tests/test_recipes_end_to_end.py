@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -171,6 +172,43 @@ def test_failed_training_names_the_log_and_how_to_resume(copy_data, tmp_path):
     assert proc.returncode != 0 and "unrecognized arguments: --no-such-flag" in proc.stdout
     assert f"error: fairseq-train stopped with exit status {proc.returncode} ({tmp_path}/run/train.log" in proc.stderr
     assert "re-running the same command resumes from scratch (no checkpoint was saved yet)" in proc.stderr
+
+
+FAKE_FAIRSEQ_TRAIN = """#!/usr/bin/env bash
+# python3 on PATH: fairseq-train prints $FAKE_LOG and aborts as C++'s std::terminate does; the rest is the real one
+if [[ "$1 $2" == "-m fairseq_cli.train" ]]; then printf '%s\\n' "$FAKE_LOG"; kill -ABRT $$; fi
+exec {python} "$@"
+"""
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_an_abort_at_exit_after_training_finished_is_a_finished_run(tmp_path, finished):
+    """fairseq's batch-prefetch thread (a daemon) can still be collating in torch when fairseq-train returns after
+    --max-update mid-epoch; CPython then ends it inside a noexcept C++ frame and the process aborts (status 134)
+    after "done training". train.sh takes that run as finished, and any other abort as a failure."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").write_text(FAKE_FAIRSEQ_TRAIN.format(python=sys.executable))
+    (shim / "python3").chmod(0o755)
+    (tmp_path / "dict.en.txt").write_text("a 1\n")
+    done = "2026-12-08 01:20:34 | INFO | fairseq_cli.train | done training in 0.2 seconds"
+    lines = [done] if finished else ["2026-12-08 01:20:34 | INFO | train_inner | epoch 001:      2 / 12 loss=7.048"]
+    env = dict(DATA=str(tmp_path), HEADS="transformer", NGPU="1", SAVE_DIR=str(tmp_path / "run"),
+               FAKE_LOG="\n".join(lines + ["terminate called without an active exception"]),
+               PATH=f"{shim}:{os.environ['PATH']}")  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes/multi30k_en_de/train.sh")],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    if finished:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "[train] warning: fairseq-train finished" in proc.stderr and "the run is complete" in proc.stderr
+    else:
+        assert proc.returncode == 134
+        assert f"error: fairseq-train stopped with exit status 134 ({tmp_path}/run/train.log" in proc.stderr
 
 
 @pytest.mark.slow

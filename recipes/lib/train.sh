@@ -79,6 +79,11 @@ print_command() {  # one line a shell can run again as it is (DRY_RUN)
   local quoted; printf -v quoted '%q ' "$@"; echo "${quoted% }"
 }
 
+finished_then_aborted() {  # TRAIN_LOG: "done training", then C++'s abort of a daemon thread at interpreter exit
+  local tail_lines; tail_lines=$(tail -n 2 "$1")
+  [[ "$tail_lines" == *"| done training in "*$'\n'"terminate called without an active exception" ]]
+}
+
 fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [more fairseq-train flags]
   local dir="$1" heads="$2" updates="$3" warmup="$4" init_lr="$5" patience="$6"; shift 6
   local model=(--arch "transformer_${ARCH_FAMILY}")
@@ -103,6 +108,11 @@ fairseq_train() {  # SAVE_DIR HEADS MAX_UPDATE WARMUP WARMUP_INIT_LR PATIENCE [m
   python3 "$REPO/collab_fairseq/provenance.py" >"$dir/code.json"  # which code trains it (evaluate copies it)
   local status=0
   "${cmd[@]}" 2>&1 | tee -a "$dir/train.log" || status=${PIPESTATUS[0]}
+  if (( status == 134 )) && finished_then_aborted "$dir/train.log"; then
+    echo "[train] warning: fairseq-train finished (\"done training\", checkpoints saved), then aborted while Python" \
+         "shut down (status 134): fairseq's batch-prefetch thread was still collating in torch; the run is complete" >&2
+    status=0
+  fi
   if (( status != 0 )); then
     # a dead worker (killed rank, OOM, NCCL error) ends every rank: fairseq's launcher reports which one above
     local resume="from scratch (no checkpoint was saved yet)"
