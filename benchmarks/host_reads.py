@@ -34,6 +34,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -143,7 +144,9 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
         return micro_batch
 
     total = updates + (profile_updates if profile else 0)
-    argv = [data, "--user-dir", user_dir, "--max-update", str(total), *shlex.split(COMMON), *shlex.split(flags)]
+    save_dir = tempfile.TemporaryDirectory(prefix="host_reads_")  # --no-save still makes the folder
+    argv = [data, "--user-dir", user_dir, "--max-update", str(total), "--save-dir", save_dir.name,
+            *shlex.split(COMMON), *shlex.split(flags)]  # fmt: skip
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     Trainer.train_step = update
     for task, step in zip(tasks, task_steps):
@@ -153,6 +156,7 @@ def record(data: str, flags: str, updates: int, user_dir: str, profile_updates: 
             reads.counting = count
             train.main(convert_namespace_to_omegaconf(args))
     finally:
+        save_dir.cleanup()
         Trainer.train_step = trainer_step
         for task, step in zip(tasks, task_steps):
             task.train_step = step

@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 from collab_fairseq.provenance import code_provenance
 
@@ -36,8 +37,9 @@ def losses(data: str, common: str, flags: str, updates: int, user_dir: str) -> t
     """The loss of each of the first ``updates`` updates of fairseq-train with ``common`` and ``flags``, and which
     training step ran: its log lines (fallbacks included) and the number of batch shapes it recorded."""
     cmd = [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", user_dir, "--max-update", str(updates)]
-    cmd += shlex.split(common) + shlex.split(flags)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with tempfile.TemporaryDirectory(prefix="train_step_losses_") as save_dir:  # --no-save still makes the folder
+        cmd += ["--save-dir", save_dir] + shlex.split(common) + shlex.split(flags)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-train {flags} failed:\n{proc.stdout[-3000:]}")
     by_update = {int(n): float(loss) for loss, n in LOSS.findall(proc.stdout)}

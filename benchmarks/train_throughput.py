@@ -25,6 +25,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from collab_fairseq.attention_backends import default_cudnn_attention
@@ -50,9 +51,10 @@ WRAPPER = (
 def measure(data, name, flags, max_update, warmup, user_dir, log_interval):
     cmd = [sys.executable, "-c", WRAPPER, data, "--user-dir", user_dir, "--max-update", str(max_update)]
     cmd += ["--log-interval", str(log_interval)]
-    cmd += shlex.split(COMMON) + shlex.split(flags)
     start, load_before = time.time(), os.getloadavg()[0]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with tempfile.TemporaryDirectory(prefix="train_throughput_") as save_dir:  # --no-save still makes the folder
+        cmd += ["--save-dir", save_dir] + shlex.split(COMMON) + shlex.split(flags)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}")
     samples = [float(m.group(1)) for m in WPS.finditer(proc.stdout) if int(m.group(2)) > warmup]

@@ -126,8 +126,8 @@ def test_fairseq_train_runs_the_bucketed_step_and_says_so(copy_data, tmp_path):
     Without ``--train-step`` the task trains with fairseq's batches and step."""
     _, bin_dir = copy_data
     common = ["--user-dir", USER_DIR, "--arch", "transformer_collab_iwslt_de_en", "--collab-key-dim", "16",
-              *TINY_MODEL, *TRAIN_FLAGS, "--max-epoch", "1", "--no-save", "--task", "translation_fast",
-              "--required-batch-size-multiple", "8"]  # fmt: skip
+              *TINY_MODEL, *TRAIN_FLAGS, "--max-epoch", "1", "--no-save", "--save-dir", tmp_path,
+              "--task", "translation_fast", "--required-batch-size-multiple", "8"]  # fmt: skip
     logs = {
         "graphs": fairseq_train(bin_dir, *common, "--train-step", "graphs"),
         "fairseq": fairseq_train(bin_dir, *common),
