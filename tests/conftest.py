@@ -8,6 +8,12 @@ import pytest
 # the fused attention kernel (Triton) runs on CPU tensors under Triton's interpreter; must be set before the
 # kernel module is imported (the layer imports it on first use)
 os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # noqa: E402
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest -n N: each worker and the CLIs it starts get 1/N of the cores
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 from tests.helpers import (  # noqa: E402  (after the environment above)
     TINY_MODEL,

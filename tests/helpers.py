@@ -101,7 +101,7 @@ def fairseq_preprocess(*argv) -> None:
 def run_cli(module, *args, stdin=None, check=True):
     """``python -m fairseq_cli.MODULE ARGS`` in a fresh process; the CompletedProcess, stdout and stderr together
     in .stdout."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, "-m", f"fairseq_cli.{module}", *map(str, args)],
         input=stdin,
